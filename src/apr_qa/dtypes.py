@@ -1,0 +1,71 @@
+"""Tensor dtypes of the .apr v2 container and their storage geometry.
+
+Codes follow the reference readers: 0 F32, 1 F16, 30 BF16, 12 Q4_K, 14 Q6_K are portable;
+8 Q8_0 and 2 Q4_0 use GGML's numbering (recorded in the metadata, see `apr_qa.metadata`).
+Block types store every row (the last dimension) padded to a whole number of blocks, which is
+GGML's layout for K-quants and a no-op for the 32-wide types on GGML-compatible shapes.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+
+from .errors import FormatError
+
+
+class DType(enum.Enum):
+    #       code, block_elems, block_bytes
+    F32 = (0, 1, 4)
+    F16 = (1, 1, 2)
+    Q4_0 = (2, 32, 18)
+    Q8_0 = (8, 32, 34)
+    Q4_K = (12, 256, 144)
+    Q6_K = (14, 256, 210)
+    BF16 = (30, 1, 2)
+
+    def __init__(self, code: int, block_elems: int, block_bytes: int):
+        self.code = code
+        self.block_elems = block_elems
+        self.block_bytes = block_bytes
+
+    @property
+    def is_quantized(self) -> bool:
+        return self.block_elems > 1
+
+    @classmethod
+    def from_code(cls, code: int, where: str = "") -> "DType":
+        for d in cls:
+            if d.code == code:
+                return d
+        # I-3: an unknown dtype is an error, never a silent fallback to F32.
+        raise FormatError(f"unknown tensor dtype code {code}{' for ' + where if where else ''}")
+
+    @classmethod
+    def from_name(cls, name: str) -> "DType":
+        try:
+            return cls[name.upper()]
+        except KeyError:
+            raise FormatError(f"unknown dtype name {name!r}") from None
+
+    def row_bytes(self, cols: int) -> int:
+        """Bytes of one row of `cols` elements (padded to whole blocks for block types)."""
+        return math.ceil(cols / self.block_elems) * self.block_bytes
+
+    def nbytes(self, shape: tuple[int, ...]) -> int:
+        """Stored size of a tensor of logical `shape`."""
+        if len(shape) == 0:
+            return self.row_bytes(1)
+        rows = math.prod(shape[:-1])
+        return rows * self.row_bytes(shape[-1])
+
+
+# Variant names accepted by `apr-qa convert --quant` and the dtype each one produces for weights.
+QUANT_LEVELS: dict[str, DType] = {
+    "f32": DType.F32,
+    "f16": DType.F16,
+    "bf16": DType.BF16,
+    "q8_0": DType.Q8_0,
+    "q4_0": DType.Q4_0,
+    "q4_k": DType.Q4_K,
+}

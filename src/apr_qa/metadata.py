@@ -1,0 +1,110 @@
+"""The .apr metadata JSON: what a converted file says about itself.
+
+Typed keys are the ones the aprender/realizar readers know (see the format reference); everything
+else is a custom key they keep verbatim. The file is self-contained: the full HF config, the
+tokenizer, the chat template, provenance of every source file and the converter's version.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from . import __version__
+
+# Typed keys (reader-known) with the JSON type each must have when present.
+TYPED_KEYS: dict[str, type | tuple[type, ...]] = {
+    "model_type": str,
+    "name": str,
+    "architecture": str,
+    "hidden_size": int,
+    "num_layers": int,
+    "num_heads": int,
+    "num_kv_heads": int,
+    "vocab_size": int,
+    "intermediate_size": int,
+    "max_position_embeddings": int,
+    "rope_theta": (int, float),
+    "rope_type": str,
+    "rms_norm_eps": (int, float),
+    "head_dim": int,
+    "param_count": int,
+    "chat_template": str,
+    "original_format": str,
+    "source": str,
+}
+
+# Keys every file we write carries (gate V2 checks them).
+REQUIRED_KEYS = (
+    "model_type",
+    "architecture",
+    "hidden_size",
+    "num_layers",
+    "vocab_size",
+    "param_count",
+    "original_format",
+    "source",
+    "hf_config",
+    "quantization",
+    "provenance",
+    "converter",
+)
+
+# How our dtype codes are to be read: codes 2 and 8 follow GGML, not aprender (format reference).
+DTYPE_CODE_CONVENTION = "ggml: 0=F32 1=F16 2=Q4_0 8=Q8_0 12=Q4_K 14=Q6_K 30=BF16"
+
+
+def typed_keys_from_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Map an HF config.json to the reader-known typed keys (only those it defines)."""
+    archs = config.get("architectures") or []
+    hidden = config.get("hidden_size")
+    heads = config.get("num_attention_heads")
+    out: dict[str, Any] = {
+        "model_type": config.get("model_type"),
+        "architecture": archs[0] if archs else None,
+        "hidden_size": hidden,
+        "num_layers": config.get("num_hidden_layers"),
+        "num_heads": heads,
+        "num_kv_heads": config.get("num_key_value_heads", heads),
+        "vocab_size": config.get("vocab_size"),
+        "intermediate_size": config.get("intermediate_size"),
+        "max_position_embeddings": config.get("max_position_embeddings"),
+        "rope_theta": config.get("rope_theta"),
+        "rms_norm_eps": config.get("rms_norm_eps"),
+        "head_dim": config.get("head_dim") or (hidden // heads if hidden and heads else None),
+    }
+    scaling = config.get("rope_scaling")
+    if isinstance(scaling, dict):
+        out["rope_type"] = scaling.get("rope_type") or scaling.get("type")
+    elif config.get("rope_theta") is not None:
+        out["rope_type"] = "default"
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def schema_problems(meta: dict[str, Any]) -> list[str]:
+    """Every way `meta` departs from the schema (empty list: valid). Used by gate V2."""
+    problems = [f"missing key {k!r}" for k in REQUIRED_KEYS if k not in meta]
+    for key, typ in TYPED_KEYS.items():
+        if key in meta and (not isinstance(meta[key], typ) or isinstance(meta[key], bool)):
+            problems.append(f"key {key!r} has type {type(meta[key]).__name__}")
+    if "hf_config" in meta and not isinstance(meta["hf_config"], dict):
+        problems.append("key 'hf_config' is not an object")
+    prov = meta.get("provenance")
+    if isinstance(prov, dict):
+        for f in prov.get("files", []):
+            if not (isinstance(f, dict) and len(str(f.get("sha256", ""))) == 64):
+                problems.append(f"provenance entry without sha256: {f!r}")
+    elif prov is not None:
+        problems.append("key 'provenance' is not an object")
+    return problems
+
+
+def converter_info() -> dict[str, Any]:
+    import numpy
+
+    return {"name": "apr-qa", "version": __version__, "numpy": numpy.__version__}
+
+
+def dumps(meta: dict[str, Any]) -> bytes:
+    """Canonical encoding: sorted keys, compact, UTF-8 (same metadata -> same bytes)."""
+    return json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
