@@ -37,8 +37,8 @@ def test_cosine_and_rmse_hand_cases():
 
 def test_stats_drift_normalization():
     src = TensorStats(mean=0.0, std=2.0, min=-4.0, max=8.0)
-    conv = TensorStats(mean=0.1, std=2.0, min=-4.0, max=7.6)
-    # mean drift 0.1/std 2 = 0.05; max drift 0.4/|8| = 0.05
+    conv = TensorStats(mean=0.1, std=2.0, min=-4.0, max=7.4)
+    # mean drift 0.1/std 2 = 0.05; max drift 0.6/range 12 = 0.05
     assert stats_drift(src, conv) == pytest.approx(0.05)
 
 

@@ -17,7 +17,7 @@ from .apr import AprWriter, TensorEntry
 from .dtypes import QUANT_LEVELS, DType
 from .errors import AprQaError, UnsupportedError
 from .fsutil import sha256_file
-from .metadata import DTYPE_CODE_CONVENTION, converter_info, typed_keys_from_config
+from .metadata import converter_info, quantization_info, typed_keys_from_config
 from .sources import open_source
 from .sources.base import TensorInfo, WeightSource
 
@@ -40,14 +40,22 @@ def is_buffer(info: TensorInfo) -> bool:
     return info.dtype.upper() in BUFFER_DTYPES
 
 
+# Matrices llama.cpp never block-quantizes (llama-quant.cpp): BERT's position and token-type
+# embeddings. They are small and a few rows carry the whole signal.
+NOT_BLOCK_QUANTIZED = ("position_embeddings.weight", "token_type_embeddings.weight")
+
+
 def target_dtype(info: TensorInfo, level: DType) -> DType:
     """The dtype a tensor is stored in for a quantization level.
 
     1-D tensors (norms, biases) stay F32 at every level, as llama.cpp does: they are tiny and
-    precision-sensitive. Matrices take the level's dtype. A 32-wide block type needs whole blocks
-    per row; K-quants pad rows to whole super-blocks instead (format reference).
+    precision-sensitive. Matrices take the level's dtype, except the few llama.cpp keeps unquantized,
+    which stay F32 at block levels. A 32-wide block type needs whole blocks per row; K-quants pad
+    rows to whole super-blocks instead (format reference).
     """
     if len(info.shape) < 2 or level == DType.F32:
+        return DType.F32
+    if level.is_quantized and info.name.endswith(NOT_BLOCK_QUANTIZED):
         return DType.F32
     if level in (DType.Q8_0, DType.Q4_0) and info.shape[-1] % level.block_elems:
         raise UnsupportedError(
@@ -102,12 +110,7 @@ def build_metadata(
                 "lm_head.weight" not in names and config.get("model_type") not in ("bert",)
                 and "model.embed_tokens.weight" in names
             ),
-            "quantization": {
-                "level": quant,
-                "weights_dtype": QUANT_LEVELS[quant].name,
-                "tensor_dtypes": counts,
-                "dtype_codes": DTYPE_CODE_CONVENTION,
-            },
+            "quantization": quantization_info(quant, QUANT_LEVELS[quant].name, counts),
             "provenance": provenance_of(source, manifest),
             "converter": converter_info(),
             "conversion_notes": notes,

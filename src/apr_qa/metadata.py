@@ -25,7 +25,7 @@ TYPED_KEYS: dict[str, type | tuple[type, ...]] = {
     "intermediate_size": int,
     "max_position_embeddings": int,
     "rope_theta": (int, float),
-    "rope_type": str,
+    "rope_type": int,  # GGML rope mode in aprender; we do not write it
     "rms_norm_eps": (int, float),
     "head_dim": int,
     "param_count": int,
@@ -73,11 +73,8 @@ def typed_keys_from_config(config: dict[str, Any]) -> dict[str, Any]:
         "rms_norm_eps": config.get("rms_norm_eps"),
         "head_dim": config.get("head_dim") or (hidden // heads if hidden and heads else None),
     }
-    scaling = config.get("rope_scaling")
-    if isinstance(scaling, dict):
-        out["rope_type"] = scaling.get("rope_type") or scaling.get("type")
-    elif config.get("rope_theta") is not None:
-        out["rope_type"] = "default"
+    # `rope_type` is left out: aprender reads it as a GGML rope-mode integer, and the HF
+    # `rope_scaling` it would summarize is kept whole in `hf_config`.
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -99,6 +96,24 @@ def schema_problems(meta: dict[str, Any]) -> list[str]:
     return problems
 
 
+# aprender deserializes `quantization` into a struct needing quant_type, bits and symmetric; our own
+# fields ride along (serde ignores unknown fields).
+QUANT_BITS = {"f32": (32, True), "f16": (16, True), "bf16": (16, True), "q8_0": (8, True), "q4_0": (4, True), "q4_k": (4, False)}
+
+
+def quantization_info(level: str, weights_dtype: str, tensor_dtypes: dict[str, int]) -> dict[str, Any]:
+    bits, symmetric = QUANT_BITS[level]
+    return {
+        "quant_type": level,
+        "bits": bits,
+        "symmetric": symmetric,
+        "level": level,
+        "weights_dtype": weights_dtype,
+        "tensor_dtypes": tensor_dtypes,
+        "dtype_codes": DTYPE_CODE_CONVENTION,
+    }
+
+
 def converter_info() -> dict[str, Any]:
     import numpy
 
@@ -107,4 +122,4 @@ def converter_info() -> dict[str, Any]:
 
 def dumps(meta: dict[str, Any]) -> bytes:
     """Canonical encoding: sorted keys, compact, UTF-8 (same metadata -> same bytes)."""
-    return json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")

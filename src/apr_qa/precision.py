@@ -66,11 +66,11 @@ def stats_drift(src: TensorStats, conv: TensorStats) -> float:
     """Worst drift of mean/std/min/max, normalized so a tolerance reads as a fraction of scale.
 
     Mean and std drift are measured against the source std (a weight mean sits near zero, so a
-    relative error of the mean itself is meaningless); min and max against the source's largest
-    magnitude.
+    relative error of the mean itself is meaningless); min and max against the source's value
+    range (max - min).
     """
     std_scale = src.std if src.std > 0 else 1.0
-    mag_scale = max(abs(src.min), abs(src.max)) or 1.0
+    mag_scale = (src.max - src.min) or 1.0
     return max(
         abs(conv.mean - src.mean) / std_scale,
         abs(conv.std - src.std) / std_scale,

@@ -67,7 +67,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     with AprReader(args.file) as reader:
         desc = describe(reader)
-    print(json.dumps(desc, indent=2) if args.json else format_text(desc))
+    text = json.dumps(desc, indent=2) if args.json else format_text(desc).rstrip("\n")
+    try:
+        print(text)
+    except BrokenPipeError:  # `apr-qa inspect X | head` is normal use
+        sys.stderr.close()
     return 0
 
 
