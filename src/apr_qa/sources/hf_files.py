@@ -1,0 +1,57 @@
+"""The side files of a HuggingFace model folder: config.json and the tokenizer files."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import FormatError
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FormatError(f"cannot read JSON: {e}", path) from None
+
+
+@dataclass
+class HfFiles:
+    config: dict[str, Any]
+    tokenizer_json: str | None
+    tokenizer_config: dict[str, Any]
+    files: list[Path] = field(default_factory=list)
+
+
+def read_hf_files(folder: Path) -> HfFiles:
+    """config.json (required), tokenizer.json and tokenizer_config.json (optional)."""
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise FormatError("config.json is missing from the model folder", folder)
+    config = read_json(config_path)
+    if not isinstance(config, dict):
+        raise FormatError("config.json is not a JSON object", config_path)
+    files = [config_path]
+
+    tokenizer_json = None
+    tok_path = folder / "tokenizer.json"
+    if tok_path.is_file():
+        tokenizer_json = tok_path.read_text(encoding="utf-8")
+        read_json(tok_path)  # validate: a corrupt tokenizer must fail here, not at evaluation
+        files.append(tok_path)
+
+    tokenizer_config: dict[str, Any] = {}
+    tc_path = folder / "tokenizer_config.json"
+    if tc_path.is_file():
+        tokenizer_config = read_json(tc_path)
+        if not isinstance(tokenizer_config, dict):
+            raise FormatError("tokenizer_config.json is not a JSON object", tc_path)
+        files.append(tc_path)
+    # Newer checkpoints keep the chat template beside tokenizer_config.json.
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file() and "chat_template" not in tokenizer_config:
+        tokenizer_config["chat_template"] = jinja.read_text(encoding="utf-8")
+        files.append(jinja)
+    return HfFiles(config, tokenizer_json, tokenizer_config, files)

@@ -1,0 +1,194 @@
+"""SafeTensors checkpoints (single file or sharded with an index), read via memory maps.
+
+The header is parsed here rather than with `safetensors.safe_open` so that every structural
+problem (corrupt JSON, offsets past the end, a size that disagrees with the shape) becomes a
+one-line FormatError naming the file, and so that BF16 can be widened without torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..dtypes import DType
+from ..errors import FormatError, UnsupportedError
+from .base import RawTensor, TensorInfo
+from .hf_files import read_hf_files, read_json
+
+INDEX_NAME = "model.safetensors.index.json"
+_MAX_HEADER = 100 * 1024 * 1024  # the safetensors library's own limit
+
+# dtype -> (bytes per element, numpy dtype to read it as; None = needs conversion code)
+_DTYPES: dict[str, tuple[int, str | None]] = {
+    "F64": (8, "<f8"), "F32": (4, "<f4"), "F16": (2, "<f2"), "BF16": (2, None),
+    "I64": (8, "<i8"), "I32": (4, "<i4"), "I16": (2, "<i2"), "I8": (1, "i1"),
+    "U8": (1, "u1"), "BOOL": (1, "?"), "F8_E4M3": (1, None), "F8_E5M2": (1, None),
+}
+_RAW = {"F32": (DType.F32, "<f4"), "F16": (DType.F16, "<f2"), "BF16": (DType.BF16, "<u2")}
+
+
+def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
+    """Widen BF16 bit patterns (uint16) to float32 exactly: BF16 is the top half of an f32."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int  # absolute file offsets
+    end: int
+
+
+class _Shard:
+    """One .safetensors file: its validated header and a lazily opened read-only memory map."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.entries = self._read_header(path)
+        self._mm: np.memmap | None = None
+
+    @staticmethod
+    def _read_header(path: Path) -> dict[str, _Entry]:
+        try:
+            size = path.stat().st_size
+            with open(path, "rb") as f:
+                head = f.read(8)
+                if len(head) < 8:
+                    raise FormatError("file too short for a safetensors header", path)
+                (n,) = struct.unpack("<Q", head)
+                if n > _MAX_HEADER or 8 + n > size:
+                    raise FormatError(f"header length {n} exceeds the file size {size}", path)
+                raw = f.read(n)
+        except OSError as e:
+            raise FormatError(f"cannot read: {e.strerror}", path) from None
+        try:
+            header = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise FormatError(f"corrupt safetensors header JSON: {e}", path) from None
+        if not isinstance(header, dict):
+            raise FormatError("safetensors header is not a JSON object", path)
+
+        data_start, data_size = 8 + n, size - 8 - n
+        entries = {}
+        for name, spec in header.items():
+            if name == "__metadata__":
+                continue
+            try:
+                dtype, shape, (begin, end) = spec["dtype"], tuple(spec["shape"]), spec["data_offsets"]
+                ok = all(isinstance(v, int) and v >= 0 for v in (*shape, begin, end))
+            except (TypeError, KeyError, ValueError):
+                ok = False
+            if not ok:
+                raise FormatError(f"tensor {name!r}: malformed header entry", path)
+            if dtype not in _DTYPES:
+                raise FormatError(f"tensor {name!r}: unknown dtype {dtype!r}", path)
+            if not begin <= end <= data_size:
+                raise FormatError(
+                    f"tensor {name!r}: data offsets [{begin}, {end}] outside the {data_size}-byte data section", path
+                )
+            if end - begin != math.prod(shape) * _DTYPES[dtype][0]:
+                raise FormatError(f"tensor {name!r}: {end - begin} bytes do not fit {dtype} shape {list(shape)}", path)
+            entries[name] = _Entry(dtype, shape, data_start + begin, data_start + end)
+        return entries
+
+    def bytes_of(self, e: _Entry) -> np.ndarray:
+        if self._mm is None:
+            self._mm = np.memmap(self.path, dtype=np.uint8, mode="r")
+        return self._mm[e.begin : e.end]
+
+    def close(self) -> None:
+        self._mm = None  # numpy unmaps when the last view is gone
+
+
+class SafetensorsSource:
+    format = "safetensors"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        folder = self.path if self.path.is_dir() else self.path.parent
+        side = read_hf_files(folder)
+        self.config = side.config
+        self.tokenizer_json = side.tokenizer_json
+        self.tokenizer_config = side.tokenizer_config
+        self.notes: list[str] = []
+        self.files: list[Path] = list(side.files)
+        self._shards: list[_Shard] = []
+        self._where: dict[str, tuple[_Shard, _Entry]] = {}
+
+        index_path = folder / INDEX_NAME
+        if self.path.is_dir() and index_path.is_file():
+            self.files.append(index_path)
+            self._open_indexed(folder, index_path)
+        else:
+            shard = _Shard(self._single_file(folder))
+            self._shards.append(shard)
+            self.files.append(shard.path)
+            self._where = {name: (shard, e) for name, e in shard.entries.items()}
+        # Stable order: file order, then position in the file (sequential reads when converting).
+        order = {id(s): i for i, s in enumerate(self._shards)}
+        self._names = sorted(self._where, key=lambda n: (order[id(self._where[n][0])], self._where[n][1].begin))
+
+    def _single_file(self, folder: Path) -> Path:
+        if self.path.is_file():
+            return self.path
+        if (folder / "model.safetensors").is_file():
+            return folder / "model.safetensors"
+        found = sorted(folder.glob("*.safetensors"))
+        if len(found) == 1:
+            return found[0]
+        problem = "no .safetensors file" if not found else f"{len(found)} .safetensors files but no {INDEX_NAME}"
+        raise FormatError(problem, folder)
+
+    def _open_indexed(self, folder: Path, index_path: Path) -> None:
+        index = read_json(index_path)
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise FormatError("index has no weight_map", index_path)
+        shards: dict[str, _Shard] = {}
+        for shard_name in dict.fromkeys(weight_map.values()):
+            shard_path = folder / str(shard_name)
+            if not shard_path.is_file():
+                raise FormatError(f"shard listed in {INDEX_NAME} is missing", shard_path)
+            shards[shard_name] = _Shard(shard_path)
+        self._shards = list(shards.values())
+        self.files.extend(s.path for s in self._shards)
+        for name, shard_name in weight_map.items():
+            shard = shards[shard_name]
+            if name not in shard.entries:
+                raise FormatError(f"tensor {name!r} is listed in {INDEX_NAME} but absent from this shard", shard.path)
+            self._where[name] = (shard, shard.entries[name])
+        extra = sum(len(s.entries) for s in self._shards) - len(self._where)
+        if extra:
+            self.notes.append(f"{extra} tensors present in shards but not in {INDEX_NAME} were ignored")
+
+    def tensors(self) -> list[TensorInfo]:
+        return [TensorInfo(n, self._where[n][1].shape, self._where[n][1].dtype) for n in self._names]
+
+    def load(self, name: str) -> np.ndarray:
+        shard, e = self._where[name]
+        data = shard.bytes_of(e)
+        if e.dtype == "BF16":
+            out = bf16_to_f32(data.view("<u2"))
+        elif (np_dtype := _DTYPES[e.dtype][1]) is None:
+            raise UnsupportedError(f"tensor {name!r}: dtype {e.dtype} cannot be read", shard.path)
+        else:
+            out = data.view(np_dtype).astype(np.float32)
+        return out.reshape(e.shape)
+
+    def load_raw(self, name: str) -> RawTensor | None:
+        shard, e = self._where[name]
+        if e.dtype not in _RAW:
+            return None
+        dtype, np_dtype = _RAW[e.dtype]
+        # A copy, so the caller does not keep the memory map alive.
+        return RawTensor(dtype, shard.bytes_of(e).view(np_dtype).reshape(e.shape).copy(), e.shape)
+
+    def close(self) -> None:
+        for s in self._shards:
+            s.close()

