@@ -1,0 +1,169 @@
+"""Model Qualification Score (MQS): 0-1000 raw points over six categories, gated by G0-G4.
+
+Arithmetic as the certification tool's code does it (validation-anchors.md, last section):
+each category scores round(passed/total * max) (no tests: full marks), crashes cost 20 points
+and timeouts 10, any gateway failure zeroes the score, normalized = 100 ln(1+9x)/ln(10), x = raw/1000.
+
+Grades use the usual US plus/minus scale (the tool's table). The guide's coarse table names the
+lowest grade of each band it lists: A- starts at 90, plain B at 83 (B- is 80-83), C- at 70, D- at
+60; below 60 is F. So "B >= 83, C >= 70, D >= 60, F < 60" holds for those grades.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable
+
+from ..evidence import Evidence
+
+CATEGORY_MAX: dict[str, int] = {"QUAL": 200, "PERF": 150, "STAB": 200, "COMP": 150, "EDGE": 150, "REGR": 150}
+MAX_RAW = sum(CATEGORY_MAX.values())  # 1000
+CRASH_PENALTY, TIMEOUT_PENALTY = 20, 10
+GATEWAYS: dict[str, str] = {
+    "G0": "integrity: config matches tensor metadata",
+    "G1": "model loads",
+    "G2": "basic inference produces output",
+    "G3": "no crashes",
+    "G4": "output is not garbage",
+}
+
+# (lowest normalized score, grade), best first.
+GRADE_EDGES: tuple[tuple[float, str], ...] = (
+    (97, "A+"), (93, "A"), (90, "A-"), (87, "B+"), (83, "B"), (80, "B-"),
+    (77, "C+"), (73, "C"), (70, "C-"), (67, "D+"), (63, "D"), (60, "D-"),
+)
+
+# Raw-MQS edges of the status state machine (certification guide).
+BLOCKED_BELOW, CERTIFIED_FROM = 700, 850
+QUALIFY_NORMALIZED, PRODUCTION_NORMALIZED = 70.0, 90.0
+
+# Which category a gate of the other stages counts towards, by id (longest prefix wins). Records
+# may name their own with details["category"]. Unknown ids count as QUAL, as in the tool.
+GATE_CATEGORIES: dict[str, str] = {
+    "C": "COMP", "V": "COMP", "I-2": "COMP", "I-3": "COMP", "I-4": "COMP",  # conversion contract
+    "I-1": "REGR", "I-5": "REGR", "T5": "REGR",                             # agreement with the source
+    "T1": "QUAL", "T4": "QUAL",                                             # inference runs, answers right
+    "T2": "PERF", "T3": "PERF",                                             # latency, memory bounds
+    "D": "STAB",                                                            # download integrity
+}
+
+OUTCOMES = ("pass", "fail", "crash", "timeout", "skip")
+
+
+def outcome_of(record: Evidence) -> str:
+    """details["outcome"] when a scenario recorded one, else pass/fail from the record."""
+    outcome = record.details.get("outcome")
+    if outcome in OUTCOMES:
+        return outcome
+    return "pass" if record.passed else "fail"
+
+
+def category_of(record: Evidence) -> str:
+    cat = record.details.get("category")
+    if cat in CATEGORY_MAX:
+        return cat
+    best = max((p for p in GATE_CATEGORIES if record.id.startswith(p)), key=len, default=None)
+    return GATE_CATEGORIES[best] if best else "QUAL"
+
+
+def normalize(raw: float) -> float:
+    x = min(max(raw / MAX_RAW, 0.0), 1.0)
+    return 100.0 * math.log(1.0 + 9.0 * x) / math.log(10.0)
+
+
+def grade(normalized: float) -> str:
+    return next((g for edge, g in GRADE_EDGES if normalized >= edge), "F")
+
+
+def status(raw: int, gateways_passed: bool) -> str:
+    """PENDING -> BLOCKED / PROVISIONAL / CERTIFIED, on the raw score."""
+    if not gateways_passed or raw < BLOCKED_BELOW:
+        return "BLOCKED"
+    return "PROVISIONAL" if raw < CERTIFIED_FROM else "CERTIFIED"
+
+
+@dataclass
+class CategoryScore:
+    passed: int
+    total: int
+    max: int
+
+    @property
+    def points(self) -> int:
+        # Half away from zero, like the tool's f64::round (Python's round() would halve to even).
+        return self.max if self.total == 0 else math.floor(self.passed / self.total * self.max + 0.5)
+
+
+@dataclass
+class Gateway:
+    id: str
+    passed: bool
+    reason: str = ""
+
+
+@dataclass
+class MqsScore:
+    raw: int
+    normalized: float
+    grade: str
+    status: str
+    gateways: list[Gateway]
+    categories: dict[str, CategoryScore]
+    crashes: int
+    timeouts: int
+    penalty: int
+    tests: int = 0
+    tests_passed: int = 0
+
+    @property
+    def gateways_passed(self) -> bool:
+        return all(g.passed for g in self.gateways)
+
+    def qualifies(self) -> bool:
+        return self.gateways_passed and self.normalized >= QUALIFY_NORMALIZED
+
+    def is_production_ready(self) -> bool:
+        return self.gateways_passed and self.normalized >= PRODUCTION_NORMALIZED
+
+    def tier_passed(self, threshold: int) -> bool:
+        """A tier passes when the gateways hold and the raw MQS reaches its threshold (700; deep 900)."""
+        return self.gateways_passed and self.raw >= threshold
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["categories"] = {k: {**asdict(c), "points": c.points} for k, c in self.categories.items()}
+        d.update(gateways_passed=self.gateways_passed, qualifies=self.qualifies(),
+                 production_ready=self.is_production_ready())
+        return d
+
+
+def gateways_of(records: list[Evidence]) -> list[Gateway]:
+    """G0-G4 from their records; a crash outcome anywhere also fails G3."""
+    out = []
+    for gid in GATEWAYS:
+        failed = [r for r in records if r.id == gid and not r.passed]
+        if gid == "G3":
+            failed += [r for r in records if r.id != "G3" and outcome_of(r) == "crash"]
+        reason = "; ".join(r.message or f"{r.id}: measured {r.measured}, threshold {r.threshold}" for r in failed[:3])
+        out.append(Gateway(gid, not failed, reason))
+    return out
+
+
+def score(records: Iterable[Evidence]) -> MqsScore:
+    records = list(records)
+    gateways = gateways_of(records)
+    tests = [r for r in records if r.id not in GATEWAYS and outcome_of(r) != "skip"]
+    cats = {c: CategoryScore(0, 0, m) for c, m in CATEGORY_MAX.items()}
+    for r in tests:
+        c = cats[category_of(r)]
+        c.total += 1
+        c.passed += outcome_of(r) == "pass"
+    crashes = sum(outcome_of(r) == "crash" for r in tests)
+    timeouts = sum(outcome_of(r) == "timeout" for r in tests)
+    penalty = CRASH_PENALTY * crashes + TIMEOUT_PENALTY * timeouts
+    passed_gw = all(g.passed for g in gateways)
+    raw = max(0, sum(c.points for c in cats.values()) - penalty) if passed_gw else 0
+    norm = normalize(raw)
+    return MqsScore(raw, norm, grade(norm), status(raw, passed_gw), gateways, cats, crashes, timeouts,
+                    penalty if passed_gw else MAX_RAW, len(tests), sum(outcome_of(r) == "pass" for r in tests))

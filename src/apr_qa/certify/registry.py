@@ -1,0 +1,105 @@
+"""The certification registry: results/models.csv (the guide's 20 columns) and the README table.
+
+export_csv reads certify evidence files and upserts one row per model (other rows are kept);
+sync_readme rewrites the table between the two markers of a Markdown file. Both write atomically
+and are idempotent.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from pathlib import Path
+from ..errors import AprQaError
+from ..fsutil import write_text_atomic
+from .pipeline import load_records
+
+COLUMNS = ("model_id", "family", "parameters", "size_category", "status", "mqs_score", "grade",
+           "certified_tier", "last_certified", "g1", "g2", "g3", "g4", "tps_gguf_cpu", "tps_gguf_gpu",
+           "tps_apr_cpu", "tps_apr_gpu", "tps_st_cpu", "tps_st_gpu", "provenance_verified")
+START, END = "<!-- CERTIFICATION-TABLE-START -->", "<!-- CERTIFICATION-TABLE-END -->"
+_FORMAT_KEY = {"gguf": "gguf", "apr": "apr", "safetensors": "st"}
+_BACKEND_KEY = {"cpu": "cpu", "cuda": "gpu"}
+
+
+def row_from_evidence(path: str | Path) -> dict[str, str]:
+    ctx, records = load_records(path)
+    if ctx.get("stage") != "certify" or "mqs" not in ctx:
+        raise AprQaError("not a certify evidence file (stage 'certify' with an 'mqs' section)", path)
+    mqs, model = ctx["mqs"], ctx.get("model") or {}
+    gates = {g["id"]: g["passed"] for g in mqs["gateways"]}
+    row = {c: "" for c in COLUMNS}
+    row.update(model_id=ctx["subject"], family=model.get("family") or "", parameters=str(model.get("parameters") or ""),
+               size_category=model.get("size_category") or "", status=mqs["status"], mqs_score=str(mqs["raw"]),
+               grade=mqs["grade"], certified_tier=ctx["tier"] if ctx.get("tier_passed") else "none",
+               last_certified=time.strftime("%Y-%m-%d", time.gmtime(ctx.get("finished") or time.time())),
+               **{f"g{i}": str(gates.get(f"G{i}", False)).lower() for i in range(1, 5)})
+    best: dict[str, float] = {}
+    for r in records:
+        d = r.details
+        if r.id.startswith("PERF:tokens-per-s:") and d.get("format") in _FORMAT_KEY and d.get("backend") in _BACKEND_KEY:
+            col = f"tps_{_FORMAT_KEY[d['format']]}_{_BACKEND_KEY[d['backend']]}"
+            best[col] = max(best.get(col, 0.0), float(d["tokens_per_s"]))
+    row.update({k: f"{v:.2f}" for k, v in best.items()})
+    # Provenance holds when the download checksums (D4) passed and none failed.
+    d4 = [r for r in records if r.id == "D4"]
+    row["provenance_verified"] = str(bool(d4) and all(r.passed for r in d4)).lower()
+    return row
+
+
+def read_csv(path: str | Path) -> list[dict[str, str]]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != COLUMNS:
+            raise AprQaError(f"columns {reader.fieldnames} are not the registry's {list(COLUMNS)}", path)
+        return list(reader)
+
+
+def export_csv(evidence_files: list[str | Path], output: str | Path) -> list[dict[str, str]]:
+    rows = {r["model_id"]: r for r in read_csv(output)}
+    for path in evidence_files:
+        row = row_from_evidence(path)
+        rows[row["model_id"]] = row
+    ordered = [rows[k] for k in sorted(rows)]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(ordered)
+    write_text_atomic(output, buf.getvalue())
+    return ordered
+
+
+def table_markdown(rows: list[dict[str, str]]) -> str:
+    from tabulate import tabulate
+
+    mark = {"true": "✅", "false": "❌"}
+    body = [[r["model_id"], r["status"], r["mqs_score"], r["grade"], r["certified_tier"],
+             " ".join(mark.get(r[f"g{i}"], "?") for i in range(1, 5)), r["tps_apr_cpu"] or "-", r["last_certified"]]
+            for r in rows]
+    return tabulate(body, headers=["Model", "Status", "MQS", "Grade", "Tier", "G1-G4", "tok/s (apr, cpu)", "Certified"],
+                    tablefmt="github")
+
+
+def sync_readme(readme: str | Path, csv_path: str | Path) -> bool:
+    """Replace the table between the markers; True when the file changed."""
+    readme = Path(readme)
+    try:
+        text = readme.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise AprQaError(f"cannot read: {exc.strerror}", readme) from None
+    start, end = text.find(START), text.find(END)
+    if start < 0 or end < 0 or end < start:
+        raise AprQaError(f"certification table markers {START} ... {END} not found (in that order)", readme)
+    rows = read_csv(csv_path)
+    if not rows and not Path(csv_path).exists():
+        raise AprQaError("registry CSV not found", csv_path)
+    new = text[: start + len(START)] + "\n" + table_markdown(rows) + "\n" + text[end:]
+    if new == text:
+        return False
+    write_text_atomic(readme, new)
+    return True
+

@@ -1,0 +1,52 @@
+"""Pareto dominance on hand-made points; value score (spec §8.3); the plot files."""
+
+from __future__ import annotations
+
+import pytest
+
+from apr_qa.certify.pareto import Point, analyze, dominates, frontier, frontier_best, plot, value_score
+
+A = Point("a", accuracy=0.90, latency_s=0.10, size_bytes=100, cost=1.0)
+B = Point("b", accuracy=0.80, latency_s=0.20, size_bytes=200, cost=2.0)   # dominated by a in everything
+C = Point("c", accuracy=0.95, latency_s=0.50, size_bytes=400, cost=4.0)   # more accurate, slower: trade-off
+D = Point("d", accuracy=0.90, latency_s=0.10, size_bytes=100, cost=1.5)   # a is equal except cheaper
+
+
+def test_dominance():
+    assert dominates(A, B) and not dominates(B, A)
+    assert not dominates(A, C) and not dominates(C, A)
+    assert dominates(A, D) and not dominates(D, A)             # tie everywhere but cost: strictly better once
+    same = Point("a2", 0.90, 0.10, 100, 1.0)
+    assert not dominates(A, same) and not dominates(same, A)   # equal points dominate nobody
+
+
+def test_frontier():
+    assert {p.name for p in frontier([A, B, C, D])} == {"a", "c"}
+    assert frontier([B]) == [B]                                  # a single point is its own frontier
+    same = Point("a2", 0.90, 0.10, 100, 1.0)
+    assert {p.name for p in frontier([A, same, B])} == {"a", "a2"}  # equal points both stay
+    # without cost on every point, cost is not compared: a and d tie and both stay
+    a, d = Point("a", 0.9, 0.1, 100), Point("d", 0.9, 0.1, 100, 1.5)
+    assert {p.name for p in frontier([a, d])} == {"a", "d"}
+
+
+def test_value_score():
+    best = frontier_best([A, B, C, D])
+    assert best is C  # the frontier's most accurate
+    # a relative to c: accuracy 0.90/0.95 x latency 0.50/0.10 x cost 4.0/1.0 = 0.947368 x 5 x 4 = 18.947368
+    assert value_score(A, C) == pytest.approx(0.90 / 0.95 * 5 * 4)
+    assert value_score(C, C) == pytest.approx(1.0)
+    rows = {r["name"]: r for r in analyze([A, B, C, D])}
+    assert rows["b"]["dominated_by"] == ["a", "d"] and not rows["b"]["on_frontier"]
+    # b: 0.80/0.95 x 0.50/0.20 x 4.0/2.0 = 0.842105 x 2.5 x 2 = 4.210526
+    assert rows["b"]["value_score"] == pytest.approx(4.210526, abs=1e-6)
+    with pytest.raises(ValueError):
+        Point("zero", 0.5, 0.0, 1)
+
+
+def test_plot_files(tmp_path):
+    png, svg = tmp_path / "p.png", tmp_path / "p.svg"
+    plot([A, B, C, D], png, svg)
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    text = svg.read_text()
+    assert "<svg" in text and "latency" in text  # labelled axes are text in the SVG
