@@ -15,7 +15,7 @@ import numpy as np
 
 from .apr import AprWriter, TensorEntry
 from .dtypes import QUANT_LEVELS, DType
-from .errors import AprQaError, UnsupportedError
+from .errors import AprQaError, FormatError, UnsupportedError
 from .fsutil import sha256_file
 from .metadata import converter_info, quantization_info, typed_keys_from_config
 from .sources import open_source
@@ -176,6 +176,8 @@ def convert(
                     writer.write(entry.name, np.ascontiguousarray(raw.data))
                     continue
                 values = source.load(entry.name)
+                if not np.isfinite(values).all():  # quantizers would turn NaN/Inf into garbage blocks
+                    raise FormatError(f"tensor {entry.name!r} contains NaN or Inf", source.path)
                 writer.write(entry.name, quantize(entry.dtype, values))
                 del values
         return ConversionResult(

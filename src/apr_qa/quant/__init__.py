@@ -1,0 +1,89 @@
+"""Quantize float32 tensors to .apr dtypes and back (GGML block layouts).
+
+    quantize(dtype, x)            -> 1-D uint8, exactly dtype.nbytes(x.shape) bytes
+    dequantize(dtype, raw, shape) -> float32 array of `shape`
+
+Rows (the last dimension) are zero-padded to whole blocks; dequantize drops the padding.
+Each dtype lives in its own self-contained module exposing quantize_blocks(blocks, out) and
+dequantize_blocks(raw, out) over (n, block_elems) float32 and (n, block_bytes) uint8 arrays;
+this module only pads, chunks and dispatches.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+from ..dtypes import DType
+from ..errors import FormatError
+from . import floats, q4_0, q4_k, q6_k, q8_0
+
+Codec = tuple[Callable[[np.ndarray, np.ndarray], None], Callable[[np.ndarray, np.ndarray], None]]
+
+_CODECS: dict[DType, Codec] = {
+    DType.F32: (floats.quantize_f32, floats.dequantize_f32),
+    DType.F16: (floats.quantize_f16, floats.dequantize_f16),
+    DType.BF16: (floats.quantize_bf16, floats.dequantize_bf16),
+    DType.Q8_0: (q8_0.quantize_blocks, q8_0.dequantize_blocks),
+    DType.Q4_0: (q4_0.quantize_blocks, q4_0.dequantize_blocks),
+    DType.Q4_K: (q4_k.quantize_blocks, q4_k.dequantize_blocks),
+    DType.Q6_K: (q6_k.quantize_blocks, q6_k.dequantize_blocks),
+}
+
+# Elements handled per step: small enough that a step's temporaries stay in the CPU cache,
+# large enough to amortize numpy's per-call overhead (the K-quants make hundreds of calls per step).
+_CHUNK_ELEMS = {DType.F32: 1 << 22, DType.F16: 1 << 22, DType.BF16: 1 << 22}
+_DEFAULT_CHUNK_ELEMS = 1 << 16
+
+
+def _rows_cols(shape: tuple[int, ...]) -> tuple[int, int]:
+    if len(shape) == 0:
+        return 1, 1
+    return math.prod(shape[:-1]), shape[-1]
+
+
+def _chunks(n_blocks: int, dtype: DType):
+    step = max(1, _CHUNK_ELEMS.get(dtype, _DEFAULT_CHUNK_ELEMS) // dtype.block_elems)
+    for start in range(0, n_blocks, step):
+        yield slice(start, min(start + step, n_blocks))
+
+
+def quantize(dtype: DType, x: np.ndarray) -> np.ndarray:
+    """Encode float32 `x` (any shape, rows = last dim) as `dtype` storage bytes."""
+    encode = _CODECS[dtype][0]
+    x = np.asarray(x, dtype=np.float32)
+    rows, cols = _rows_cols(x.shape)
+    per_row = math.ceil(cols / dtype.block_elems)
+    width = per_row * dtype.block_elems
+    if width == cols:
+        src = np.ascontiguousarray(x).reshape(rows * per_row, dtype.block_elems)
+    else:
+        padded = np.zeros((rows, width), np.float32)
+        padded[:, :cols] = x.reshape(rows, cols)
+        src = padded.reshape(rows * per_row, dtype.block_elems)
+    out = np.empty((src.shape[0], dtype.block_bytes), np.uint8)
+    for part in _chunks(src.shape[0], dtype):
+        encode(src[part], out[part])
+    return out.reshape(-1)
+
+
+def dequantize(dtype: DType, raw: np.ndarray | bytes | memoryview, shape: tuple[int, ...]) -> np.ndarray:
+    """Decode `dtype` storage bytes into a float32 array of logical `shape`."""
+    shape = tuple(int(s) for s in shape)
+    data = np.frombuffer(raw, dtype=np.uint8) if not isinstance(raw, np.ndarray) else raw.reshape(-1).view(np.uint8)
+    expected = dtype.nbytes(shape)
+    if data.size != expected:
+        raise FormatError(f"{dtype.name} tensor of shape {list(shape)} needs {expected} bytes, got {data.size}")
+    rows, cols = _rows_cols(shape)
+    per_row = math.ceil(cols / dtype.block_elems)
+    blocks = data.reshape(rows * per_row, dtype.block_bytes)
+    out = np.empty((rows * per_row, dtype.block_elems), np.float32)
+    decode = _CODECS[dtype][1]
+    for part in _chunks(blocks.shape[0], dtype):
+        decode(blocks[part], out[part])
+    out = out.reshape(rows, per_row * dtype.block_elems)
+    if out.shape[1] != cols:
+        out = np.ascontiguousarray(out[:, :cols])
+    return out.reshape(shape)
