@@ -137,3 +137,19 @@ def test_missing_source_is_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nope" in err[0]
     assert not (tmp_path / "x.apr").exists()
+
+
+def test_non_finite_weights_are_refused(tiny_llama, tmp_path, capsys):
+    import shutil
+
+    from safetensors.numpy import save_file
+
+    src = tmp_path / "nan"
+    shutil.copytree(tiny_llama, src)
+    tensors = load_file(src / "model.safetensors")
+    tensors["model.layers.0.mlp.up_proj.weight"][3, 5] = np.nan
+    save_file(tensors, src / "model.safetensors")
+    out = tmp_path / "nan.apr"
+    assert main(["convert", str(src), str(out), "--quant", "q8_0"]) == 2
+    err = capsys.readouterr().err
+    assert "up_proj" in err and "NaN" in err and not out.exists()
