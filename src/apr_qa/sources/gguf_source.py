@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 from gguf import GGMLQuantizationType as GT
+import mmap
+
 from gguf import GGUFReader
 from gguf.quants import dequantize
 
@@ -157,7 +159,9 @@ class GGUFSource:
         except NotImplementedError:
             raise UnsupportedError(f"tensor {t.name!r}: cannot dequantize {t.tensor_type.name}", self.path) from None
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-        return self._rows(name, values.reshape(shape)).astype(np.float32, copy=False)
+        out = self._rows(name, values.reshape(shape)).astype(np.float32, copy=False)
+        self._release_pages()
+        return out
 
     def load_raw(self, name: str) -> RawTensor | None:
         t = self._tensors[name]
@@ -172,7 +176,16 @@ class GGUFSource:
             data = t.data.reshape(*shape[:-1], dtype.row_bytes(shape[-1]))
         else:
             data = t.data.reshape(shape)
-        return RawTensor(dtype, self._rows(name, data), shape)
+        out = RawTensor(dtype, self._rows(name, data), shape)  # _rows copies out of the map
+        self._release_pages()
+        return out
+
+    def _release_pages(self) -> None:
+        """Drop the mapped pages read so far from our RSS (they stay in the page cache), so a
+        streaming conversion's peak memory follows its largest tensor, not the file size."""
+        mm = getattr(getattr(self._reader, "data", None), "_mmap", None)
+        if mm is not None and hasattr(mmap, "MADV_DONTNEED"):
+            mm.madvise(mmap.MADV_DONTNEED)
 
     def close(self) -> None:
         self._reader = None

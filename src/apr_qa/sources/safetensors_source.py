@@ -46,12 +46,16 @@ class _Entry:
 
 
 class _Shard:
-    """One .safetensors file: its validated header and a lazily opened read-only memory map."""
+    """One .safetensors file: its validated header, and tensor bytes read on demand.
+
+    Plain reads rather than a memory map: mapped pages a converter has touched stay in its RSS
+    until unmapped, so peak memory would grow with the model instead of its largest tensor.
+    """
 
     def __init__(self, path: Path):
         self.path = path
         self.entries = self._read_header(path)
-        self._mm: np.memmap | None = None
+        self._file = None
 
     @staticmethod
     def _read_header(path: Path) -> dict[str, _Entry]:
@@ -98,12 +102,19 @@ class _Shard:
         return entries
 
     def bytes_of(self, e: _Entry) -> np.ndarray:
-        if self._mm is None:
-            self._mm = np.memmap(self.path, dtype=np.uint8, mode="r")
-        return self._mm[e.begin : e.end]
+        """A fresh buffer holding the tensor's bytes (owned by the caller)."""
+        if self._file is None:
+            self._file = open(self.path, "rb")
+        buf = np.empty(e.end - e.begin, dtype=np.uint8)
+        self._file.seek(e.begin)
+        if self._file.readinto(buf) != buf.size:
+            raise FormatError(f"file ends inside tensor data at offset {e.begin}", self.path)
+        return buf
 
     def close(self) -> None:
-        self._mm = None  # numpy unmaps when the last view is gone
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 class SafetensorsSource:
@@ -178,7 +189,7 @@ class SafetensorsSource:
         elif (np_dtype := _DTYPES[e.dtype][1]) is None:
             raise UnsupportedError(f"tensor {name!r}: dtype {e.dtype} cannot be read", shard.path)
         else:
-            out = data.view(np_dtype).astype(np.float32)
+            out = data.view(np_dtype).astype(np.float32, copy=False)
         return out.reshape(e.shape)
 
     def load_raw(self, name: str) -> RawTensor | None:
@@ -186,8 +197,7 @@ class SafetensorsSource:
         if e.dtype not in _RAW:
             return None
         dtype, np_dtype = _RAW[e.dtype]
-        # A copy, so the caller does not keep the memory map alive.
-        return RawTensor(dtype, shard.bytes_of(e).view(np_dtype).reshape(e.shape).copy(), e.shape)
+        return RawTensor(dtype, shard.bytes_of(e).view(np_dtype).reshape(e.shape), e.shape)
 
     def close(self) -> None:
         for s in self._shards:
