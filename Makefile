@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 # The stamp changes with pyproject.toml, so editing dependencies reinstalls.
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+# OpenMP spin-waiting starves 2-thread torch on a shared 2-core machine (~10x slower decode).
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup models report test clean
 

@@ -1,0 +1,90 @@
+"""`apr-qa run` (one prompt) and `apr-qa chat` (multi-turn REPL) on our PyTorch runtime."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import UnsupportedError
+
+
+def _model_options(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    parser.add_argument("model", help=".apr file, HF model folder, .safetensors or .gguf file")
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    run = sub.add_parser("run", help="generate text from a prompt (encoders: print the embedding)",
+                         description="Print only the generated text on stdout. For an encoder model, print the "
+                                     "prompt's mean-pooled embedding: its size, L2 norm and first values.")
+    _model_options(run, 64)
+    run.add_argument("prompt")
+    run.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    run.set_defaults(func=cmd_run)
+
+    chat = sub.add_parser("chat", help="interactive multi-turn chat using the model's chat template",
+                          description="Reads one user message per stdin line (works with a pipe); EOF ends.")
+    _model_options(chat, 256)
+    chat.add_argument("--system", default=None, help="system message to start the conversation with")
+    chat.set_defaults(func=cmd_chat)
+
+
+def _load(args):
+    import torch
+
+    from ..runtime import load_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return load_model(args.model, device=args.device, dtype=args.dtype)
+
+
+def _sampling(args) -> dict:
+    return {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed}
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    model = _load(args)
+    if model.kind == "encoder":
+        vector = model.embed([args.prompt])[0]
+        first = ", ".join(f"{v:.6f}" for v in vector[:8].tolist())
+        print(f"encoder embedding (mean pooled): dim {vector.numel()}, L2 norm {vector.norm().item():.6f}, "
+              f"first values [{first}]")
+        return 0
+    prompt = args.prompt
+    if args.chat:
+        prompt = model.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
+    out = model.generate([prompt], args.max_new_tokens, **_sampling(args))[0]
+    print(out.text)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    model = _load(args)
+    if model.kind != "decoder":
+        raise UnsupportedError("chat needs a decoder (text generation) model", args.model)
+    if model.tokenizer.chat_template is None:  # fail now, not after the first message
+        raise UnsupportedError("the model has no chat template (tokenizer_config chat_template)", args.model)
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:  # EOF
+            return 0
+        text = line.rstrip("\n")
+        if not text.strip():
+            continue
+        messages.append({"role": "user", "content": text})
+        prompt = model.tokenizer.apply_chat_template(messages)
+        reply = model.generate([prompt], args.max_new_tokens, **_sampling(args))[0].text.strip()
+        messages.append({"role": "assistant", "content": reply})
+        print(reply, flush=True)
