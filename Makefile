@@ -9,7 +9,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # OpenMP spin-waiting starves 2-thread torch on a shared 2-core machine (~10x slower decode).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup models report test clean
+.PHONY: setup models hub report test clean
 
 setup: $(STAMP)
 
@@ -34,7 +34,17 @@ $(SMOLLM2_HF)/model.safetensors: $(SMOLLM2_GGUF) scripts/derive_hf_from_gguf.py
 	rm -rf $(SMOLLM2_HF)
 	$(PY) scripts/derive_hf_from_gguf.py $(SMOLLM2_GGUF) $(SMOLLM2_HF)
 
-report: models
+# The embedded default's local HuggingFace hub: the real models above, downloaded into an HF cache
+# through the same huggingface_hub path and checksum gates the workflow uses.
+HUB_STAMP := models/hf-cache/.built
+
+hub: models $(HUB_STAMP)
+
+$(HUB_STAMP): $(SMOLLM2_HF)/model.safetensors scripts/build_local_hub.py
+	$(PY) scripts/build_local_hub.py
+	touch $@
+
+report: hub
 	snakemake --cores 8 results/report.md
 
 test: models

@@ -1,0 +1,36 @@
+# apr-qa certification workflow: download -> convert -> validate -> evaluate -> certify -> report.
+#
+#   snakemake --cores 8                       # everything (profiles/default is picked up automatically)
+#   snakemake --cores 8 results/report.md     # the same: the report depends on every gate
+#   snakemake -n                              # plan only
+#
+# Rules are thin `apr-qa ...` calls. Design notes (early cutoff, andon, checksums): rules/common.smk.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "config/schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/download.smk"
+include: "rules/convert.smk"
+include: "rules/validate.smk"
+include: "rules/evaluate.smk"
+include: "rules/certify.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        REPORT,
+
+
+onerror:
+    # A failed run still gets its Andon board: every failed variant shows as BLOCKED with its gate.
+    write_report_after_failure()

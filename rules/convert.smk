@@ -1,0 +1,31 @@
+# Stage 2: convert to .apr. A checkpoint, so an identical re-conversion does not cascade.
+# The downloaded files are re-verified against the manifest first (D4, from the checksum cache),
+# and the artifact's own sha256 is recorded for its consumers.
+
+
+checkpoint convert:
+    input:
+        manifest=cutoff(MANIFEST),
+    output:
+        apr=APR,
+        sha=APR_SHA,
+        summary=CONVERSION,
+    log:
+        f"{RESULTS}/logs/convert/{{model}}/{{variant}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/convert/{{model}}/{{variant}}.tsv"
+    params:
+        fp=lambda wc: fingerprint("convert", wc.variant),
+        weights=digest(MANIFEST, weights_digest),
+        source=source_of,
+        pickle=lambda wc: pickle_flag(wc.model),
+        andon=lambda wc: andon("convert", f"{wc.model}/{wc.variant}"),
+    resources:
+        conversions=1,
+        mem_mb=mem_mb("convert"),
+    conda:
+        "../envs/apr-qa.yaml"
+    shell:
+        "({params.andon} sh -c 'apr-qa verify-checksums {input.manifest} && "
+        "apr-qa convert {params.source} {output.apr} --quant {wildcards.variant} --manifest {input.manifest} "
+        "{params.pickle} --json {output.summary} && apr-qa checksum {output.apr} --json {output.sha}') > {log} 2>&1"

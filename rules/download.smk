@@ -1,0 +1,28 @@
+# Stage 1: download (spec 5). A checkpoint: consumers are re-planned from the manifest it writes.
+# D1/D2/G6 skip the model (the manifest says "skipped", nothing downstream is planned for it);
+# D3 fails the job after retries; D4 halts.
+
+
+checkpoint download:
+    output:
+        manifest=MANIFEST,
+    log:
+        f"{RESULTS}/logs/download/{{model}}.log",
+    params:
+        fp=fingerprint("download"),
+        repo=lambda wc: MODELS[wc.model]["repo"],
+        revision=lambda wc: MODELS[wc.model].get("revision", "main"),
+        files=lambda wc: " ".join(f"--files '{g}'" for g in MODELS[wc.model].get("files", [])),
+        pickle=lambda wc: pickle_flag(wc.model),
+        max_gb=config["download"]["max_size_gb"],
+        retries=config["download"]["retries"],
+        andon=lambda wc: andon("download", wc.model),
+    resources:
+        downloads=1,
+        mem_mb=1024,
+    conda:
+        "../envs/apr-qa.yaml"
+    shell:
+        "{params.andon} apr-qa download {params.repo} --id {wildcards.model} --revision {params.revision} "
+        "{params.files} {params.pickle} --max-size-gb {params.max_gb} --retries {params.retries} "
+        "--manifest {output.manifest} > {log} 2>&1"

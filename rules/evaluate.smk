@@ -1,0 +1,38 @@
+# Stage 4: evaluate (golden prompts, statistics, logit consistency; gates T*). Runs only for a
+# variant whose validation gates passed (the marker), against the original source as reference.
+
+
+checkpoint evaluate:
+    input:
+        apr=cutoff(APR),
+        sha=cutoff(APR_SHA),
+        manifest=cutoff(MANIFEST),
+        validated=ancient(MARKER.replace("{stage}", "validate")),
+        prompts=config["evaluation"]["prompts"],
+    output:
+        evaluation=EVALUATION,
+    log:
+        f"{RESULTS}/logs/evaluate/{{model}}/{{variant}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate/{{model}}/{{variant}}.tsv"
+    params:
+        fp=lambda wc: fingerprint("evaluate", wc.variant),
+        apr=digest(APR_SHA, recorded_sha256),
+        weights=digest(MANIFEST, weights_digest),
+        source=source_of,
+        runs=config["evaluation"]["runs"],
+        device=config["evaluation"]["device"],
+        extra=config["evaluation"].get("extra_args", ""),
+        andon=lambda wc, output: andon("evaluate", f"{wc.model}/{wc.variant}", output.evaluation),
+    threads: config["evaluation"].get("threads", 2)
+    resources:
+        evaluations=1,
+        gpu=1 if config["evaluation"]["device"] == "cuda" else 0,
+        mem_mb=mem_mb("evaluate"),
+    conda:
+        "../envs/apr-qa.yaml"
+    shell:
+        "({params.andon} sh -c 'apr-qa checksum {input.apr} --expect {input.sha} && "
+        "apr-qa verify-checksums {input.manifest} && "
+        "apr-qa eval {input.apr} --reference {params.source} --prompts {input.prompts} --runs {params.runs} "
+        "--device {params.device} --threads {threads} {params.extra} --json {output.evaluation}') > {log} 2>&1"

@@ -1,0 +1,265 @@
+"""Download one model from a HuggingFace hub and write its manifest (spec 5, gates D1-D5 and G6).
+
+The revision is resolved to a commit and recorded. Only an allow-list of safe files is fetched,
+and every file is verified: LFS files against the hub's sha256, small files against their git blob
+sha1. Online, the expectations come from the hub's file listing (`model_info(files_metadata=True)`);
+with HF_HUB_OFFLINE=1 they come from the cache itself, whose blobs are named by exactly those ids.
+
+Gates: D1 repo missing and D2 no supported weights skip the model (manifest status "skipped", a
+warning); G6 pickle weights are refused unless allowed (skip, like D2); D3 network errors are
+retried with backoff, then fail; D4 checksum mismatch halts; D5 warns over the size limit.
+HF_TOKEN is read by huggingface_hub itself and never printed or written.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from ..errors import AprQaError, GateFailure
+from ..evidence import Evidence
+from .checksums import git_blob_sha1, sha256
+
+SAFE_WEIGHTS = ("*.safetensors", "*.gguf")
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+SIDE_FILES = (
+    "config.json", "generation_config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json",
+    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+    "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt",
+)
+COMMIT = re.compile(r"^[0-9a-f]{40}$")
+T = TypeVar("T")
+
+
+@dataclass
+class ModelSpec:
+    id: str
+    repo: str
+    revision: str = "main"
+    files: list[str] = field(default_factory=list)  # extra narrowing patterns (e.g. one GGUF of many)
+    allow_pickle: bool = False
+
+
+@dataclass
+class Options:
+    cache_dir: Path | None = None       # HF cache; None = huggingface_hub's default (HF_HUB_CACHE)
+    max_size_gb: float = 10.0           # D5
+    retries: int = 3                    # D3
+    backoff_s: float = 2.0              # first wait; doubles per retry
+
+
+def _matches(name: str, patterns: tuple[str, ...] | list[str]) -> bool:
+    base = name.rsplit("/", 1)[-1]
+    return any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(base, p) for p in patterns)
+
+
+def select_files(names: list[str], spec: ModelSpec) -> tuple[list[str], list[str]]:
+    """(files to fetch, pickle weights refused). Weights: safetensors and gguf, pickle only if allowed."""
+    weights = SAFE_WEIGHTS + (PICKLE_WEIGHTS if spec.allow_pickle else ())
+    chosen = [n for n in names if _matches(n, weights + SIDE_FILES) and (not spec.files or _matches(n, spec.files)
+                                                                         or _matches(n, SIDE_FILES))]
+    refused = [n for n in names if _matches(n, PICKLE_WEIGHTS) and not spec.allow_pickle]
+    return sorted(chosen), sorted(refused)
+
+
+def weight_format(files: list[str]) -> str | None:
+    for fmt, patterns in (("gguf", ("*.gguf",)), ("safetensors", ("*.safetensors",)), ("pytorch", PICKLE_WEIGHTS)):
+        if any(_matches(f, patterns) for f in files):
+            return fmt
+    return None
+
+
+def _is_transient(exc: BaseException) -> bool:
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(exc, (httpx2.TransportError, ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, HfHubHTTPError) and exc.response is not None:
+        return exc.response.status_code in (408, 429) or exc.response.status_code >= 500
+    return False
+
+
+def with_retries(what: str, fn: Callable[[], T], opts: Options) -> T:
+    """D3: retry transient network/server errors `opts.retries` times with exponential backoff."""
+    for attempt in range(opts.retries + 1):
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - classified just below
+            if not _is_transient(exc) or attempt == opts.retries:
+                if _is_transient(exc):
+                    raise GateFailure(f"D3 download incomplete: {what} failed after {opts.retries} retries: "
+                                      f"{type(exc).__name__}", "fail") from None
+                raise
+            wait = opts.backoff_s * 2**attempt
+            print(f"warning: {what}: {type(exc).__name__} (attempt {attempt + 1}/{opts.retries + 1}), "
+                  f"retrying in {wait:g} s", file=sys.stderr)
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+@dataclass
+class Listing:
+    commit: str
+    files: dict[str, dict[str, Any]]  # name -> {"size", "sha256" (LFS) or "git_sha1"}
+
+
+def _online_listing(spec: ModelSpec, opts: Options) -> Listing:
+    from huggingface_hub import HfApi
+
+    info = with_retries(f"{spec.repo}@{spec.revision} listing",
+                        lambda: HfApi().model_info(spec.repo, revision=spec.revision, files_metadata=True), opts)
+    files = {}
+    for s in info.siblings or []:
+        files[s.rfilename] = ({"size": s.lfs.size, "sha256": s.lfs.sha256} if s.lfs is not None
+                              else {"size": s.size, "git_sha1": s.blob_id})
+    return Listing(info.sha, files)
+
+
+def _cache_root(opts: Options) -> Path:
+    from huggingface_hub import constants
+
+    return Path(opts.cache_dir) if opts.cache_dir is not None else Path(constants.HF_HUB_CACHE)
+
+
+def _offline_listing(spec: ModelSpec, opts: Options) -> Listing | None:
+    """The cached snapshot's files; the expected ids are the names of the blobs they point to."""
+    from huggingface_hub.file_download import repo_folder_name
+
+    storage = _cache_root(opts) / repo_folder_name(repo_id=spec.repo, repo_type="model")
+    commit = spec.revision if COMMIT.match(spec.revision) else None
+    ref = storage / "refs" / spec.revision
+    if commit is None and ref.is_file():
+        commit = ref.read_text().strip()
+    snapshot = storage / "snapshots" / (commit or "")
+    if commit is None or not snapshot.is_dir():
+        return None
+    files = {}
+    for path in sorted(p for p in snapshot.rglob("*") if p.is_file()):
+        name = path.relative_to(snapshot).as_posix()
+        blob_id = Path(os.readlink(path)).name if path.is_symlink() else None
+        if blob_id is None or not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", blob_id):
+            raise AprQaError("cached file is not a link to a content-addressed blob; cannot verify it offline", path)
+        files[name] = {"size": path.stat().st_size, ("sha256" if len(blob_id) == 64 else "git_sha1"): blob_id}
+    return Listing(commit, files)
+
+
+def _record_ref(spec: ModelSpec, commit: str, opts: Options) -> None:
+    """Point refs/<revision> at the commit (as huggingface_hub does), so HF_HUB_OFFLINE=1 can resolve it later."""
+    from huggingface_hub.file_download import repo_folder_name
+
+    from ..fsutil import write_text_atomic
+
+    write_text_atomic(_cache_root(opts) / repo_folder_name(repo_id=spec.repo, repo_type="model") / "refs" /
+                      spec.revision, commit)
+
+
+def _skip(spec: ModelSpec, gate: Evidence, **extra: Any) -> dict[str, Any]:
+    print(f"warning: skipping {spec.id} ({spec.repo}): {gate.id} {gate.message}", file=sys.stderr)
+    return {"model": spec.id, "repo": spec.repo, "revision": spec.revision, "status": "skipped",
+            "skip_reason": f"{gate.id}: {gate.message}", "gates": [gate.to_dict()], **extra}
+
+
+def download(spec: ModelSpec, opts: Options) -> dict[str, Any]:
+    """Fetch and verify; return the manifest (status "ok" or "skipped"). Raises GateFailure D3/D4."""
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    offline = constants.is_offline_mode()
+    try:
+        listing = _offline_listing(spec, opts) if offline else _online_listing(spec, opts)
+    except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
+        missing = "revision" if isinstance(exc, RevisionNotFoundError) else "repository"
+        return _skip(spec, Evidence("D1", "repository exists", False, f"{missing} not found", "HTTP 200", "warn",
+                                    f"{spec.repo}@{spec.revision}: {missing} not found on {constants.ENDPOINT}"))
+    if listing is None:
+        return _skip(spec, Evidence("D1", "repository exists", False, "not in offline cache", "cached snapshot",
+                                    "warn", f"{spec.repo}@{spec.revision} is not in the HF cache {_cache_root(opts)} "
+                                            "and HF_HUB_OFFLINE=1"))
+    chosen, refused = select_files(sorted(listing.files), spec)
+    fmt = weight_format(chosen)
+    if fmt is None:
+        if refused:
+            gate = Evidence("G6", "format safety", False, f"pickle weights only: {', '.join(refused)}",
+                            "safetensors or gguf", "warn",
+                            "pickle files can execute code when loaded; set allow_pickle: true for this model to opt in")
+        else:
+            gate = Evidence("D2", "format supported", False, "no safetensors/gguf weights",
+                            "known weight extension", "warn", f"files: {', '.join(sorted(listing.files)) or 'none'}")
+        return _skip(spec, gate, commit=listing.commit)
+    ggufs = [f for f in chosen if f.endswith(".gguf")]
+    if len(ggufs) > 1:
+        raise AprQaError(f"{spec.repo} has {len(ggufs)} GGUF files ({', '.join(ggufs)}); choose one with `files:`")
+
+    records = []
+    for name in chosen:
+        path = with_retries(f"{spec.repo}/{name}", lambda: hf_hub_download(
+            spec.repo, name, revision=listing.commit,
+            cache_dir=str(opts.cache_dir) if opts.cache_dir is not None else None), opts)
+        records.append(_verify(spec, listing, name, Path(path)))
+
+    if not offline and not COMMIT.match(spec.revision):
+        _record_ref(spec, listing.commit, opts)
+    total = sum(r["size"] for r in records)
+    gates = [Evidence("D3", "download complete", True, len(records), len(chosen), "fail"),
+             Evidence("D4", "checksums valid", True, len(records), "all files match the hub", "halt"),
+             Evidence("D5", "size reasonable", total <= opts.max_size_gb * 1e9, total,
+                      int(opts.max_size_gb * 1e9), "warn",
+                      "" if total <= opts.max_size_gb * 1e9 else f"{total / 1e9:.1f} GB over {opts.max_size_gb:g} GB")]
+    if refused:
+        gates.append(Evidence("G6", "format safety", True, f"ignored pickle files: {', '.join(refused)}",
+                              "no pickle loaded", "warn"))
+    for g in gates:
+        if not g.passed:
+            print(f"warning: {spec.id}: {g.id} {g.message}", file=sys.stderr)
+    snapshot = Path(records[0]["path"]).parent
+    for _ in Path(records[0]["name"]).parts[1:]:
+        snapshot = snapshot.parent
+    source = snapshot / ggufs[0] if ggufs else snapshot
+    return {"model": spec.id, "repo": spec.repo, "revision": spec.revision, "commit": listing.commit,
+            "status": "ok", "format": fmt, "source": str(source), "offline": offline,
+            "endpoint": None if offline else constants.ENDPOINT, "total_bytes": total,
+            "files": records, "gates": [g.to_dict() for g in gates]}
+
+
+def _verify(spec: ModelSpec, listing: Listing, name: str, path: Path) -> dict[str, Any]:
+    """D4: the downloaded bytes must be the ones the hub lists (sha256 for LFS, git sha1 otherwise)."""
+    expected = listing.files[name]
+    if "sha256" in expected:
+        kind, want, got = "sha256", expected["sha256"], sha256(path.resolve())
+    else:
+        kind, want, got = "git-sha1", expected["git_sha1"], git_blob_sha1(path)
+    if want != got:
+        raise GateFailure(f"D4 checksum mismatch for {spec.repo}@{listing.commit[:12]}/{name}: expected {kind} "
+                          f"{want}, got {got} (file {path.resolve()}; inspect it, delete it to re-download)",
+                          "halt", path)
+    size = path.stat().st_size
+    return {"name": name, "path": str(path), "size": size, "lfs": kind == "sha256",
+            "sha256": got if kind == "sha256" else sha256(path.resolve()), kind.replace("-", "_"): got}
+
+
+def weights_key(manifest: dict[str, Any]) -> str:
+    """What a converted artifact depends on: the repo, commit and the bytes of every file."""
+    if manifest.get("status") != "ok":
+        return f"skipped:{manifest.get('skip_reason')}"
+    files = ",".join(f"{f['name']}={f['sha256']}" for f in manifest["files"])
+    return f"{manifest['repo']}@{manifest['commit']}:{files}"
+
+
+def verify_manifest(manifest: dict[str, Any], use_cache: bool = True) -> int:
+    """Re-check every file a manifest lists (the consumer-side check). Raises D4 on a mismatch."""
+    for f in manifest.get("files", []):
+        path = Path(f["path"])
+        if not path.exists():
+            raise AprQaError("file listed in the download manifest is missing", path)
+        got = sha256(path.resolve(), use_cache=use_cache)
+        if got != f["sha256"]:
+            raise GateFailure(f"D4 checksum mismatch for {manifest['repo']}/{f['name']}: recorded sha256 "
+                              f"{f['sha256']}, now {got}", "halt", path)
+    return len(manifest.get("files", []))

@@ -1,0 +1,219 @@
+"""Real Snakemake runs of the workflow on tiny generated models served from a local HF cache.
+
+One module-scoped workspace is built once (full build); the tests then mutate it in order: no-op,
+forced re-conversion (early cutoff), a quantizer edit (exact rerun set), a forced gate failure, and
+a tampered download. The package source is copied into the workspace (PYTHONPATH) so editing the
+quantizer never touches the repository.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+STAGE_COMMANDS = [ROOT / "src/apr_qa/commands/convert.py", ROOT / "src/apr_qa/commands/evaluate.py"]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not all(p.exists() for p in STAGE_COMMANDS), reason="convert/eval commands not built yet"),
+]
+
+MODELS = {"tiny-llama": "test/tiny-llama", "tiny-gguf": "test/tiny-llama-gguf"}
+VARIANTS = ["f16", "q4_0"]
+PROMPTS = """\
+metadata: {version: "test-1"}
+prompts:
+  - {id: sanity-any, input: "hello world", expected_pattern: "%s", category: sanity}
+  - {id: echo, input: "one two three", expected_pattern: "four", category: format}
+"""
+# Random tiny weights sit far from the distributions the default precision limits are calibrated on.
+TOLERANCES = "tolerances: {Q4_0: {kl: 0.5, cosine: 0.95, rrmse: 0.3}}\n"
+JOB_HEADER = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):$")
+
+
+def _env(ws: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "SNAKEMAKE"))}
+    env.update(PYTHONPATH=str(ws / "src"), PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
+    return env
+
+
+def snakemake(ws: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "snakemake"), "--cores", "2", *args], cwd=ws, env=_env(ws),
+                          capture_output=True, text=True)
+
+
+def nothing_to_do(ws: Path, *targets: str) -> bool:
+    proc = snakemake(ws, "-n", *targets)
+    return proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def executed(proc: subprocess.CompletedProcess) -> set[tuple[str, str]]:
+    """(rule, "model/variant") of every job Snakemake started, parsed from its log."""
+    jobs, rule = set(), None
+    for line in proc.stderr.splitlines():
+        m = JOB_HEADER.match(line.strip())
+        if m:
+            rule = m.group(1)
+            if rule in ("all", "report"):
+                jobs.add((rule, ""))
+            continue
+        if rule and line.strip().startswith("wildcards:"):
+            wc = dict(kv.split("=", 1) for kv in line.split(":", 1)[1].strip().split(", "))
+            name = rule if rule != "gate" else f"gate-{wc['stage']}"
+            jobs.add((name, "/".join(wc[k] for k in ("model", "variant") if k in wc)))
+            rule = None
+    return jobs - {("all", "")}
+
+
+def chain(model: str, variant: str) -> set[tuple[str, str]]:
+    mv = f"{model}/{variant}"
+    return {("convert", mv), ("validate", mv), ("gate-validate", mv), ("evaluate", mv),
+            ("gate-evaluate", mv), ("certify", mv)}
+
+
+def write_config(ws: Path, cache: Path, policy: str = "stop-on-p0") -> None:
+    cfg = {
+        "failure_policy": policy, "checksum_cache": "results/.checksums",
+        "hub": {"cache_dir": str(cache), "offline": True, "endpoint": None},
+        "download": {"max_size_gb": 10, "retries": 1}, "variants": VARIANTS,
+        "validation": {"tolerances": "config/tolerances.yaml"},
+        "evaluation": {"prompts": "config/prompts/test.yaml", "runs": 1, "device": "cpu", "threads": 1,
+                       "extra_args": "--max-new-tokens 2 --timeout 120"},
+        "models": [{"id": mid, "repo": repo} for mid, repo in MODELS.items()],
+    }
+    (ws / "config/config.yaml").write_text(json.dumps(cfg, indent=1))
+
+
+@pytest.fixture(scope="module")
+def hub_cache(tmp_path_factory, tiny_llama, tiny_gguf) -> Path:
+    """The tiny models downloaded into an HF cache through the mirror (as build_local_hub.py does)."""
+    from apr_qa.workflow.hub_mirror import HubMirror
+
+    root = tmp_path_factory.mktemp("hub")
+    repos = {MODELS["tiny-llama"]: tiny_llama, MODELS["tiny-gguf"]: [tiny_gguf("Q8_0")]}
+    with HubMirror(repos) as hub:
+        env = dict(_env(root), HF_ENDPOINT=hub.url, HF_HUB_CACHE=str(root / "cache"))
+        for repo in repos:
+            subprocess.run([str(BIN / "apr-qa"), "download", repo, "--manifest", str(root / "m.json")],
+                           env=env, check=True, capture_output=True)
+    return root / "cache"
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, hub_cache) -> Path:
+    ws = tmp_path_factory.mktemp("ws")
+    for name in ("Snakefile", "rules", "envs", "profiles"):
+        (ws / name).symlink_to(ROOT / name)
+    (ws / "config/prompts").mkdir(parents=True)
+    shutil.copy(ROOT / "config/schema.yaml", ws / "config/schema.yaml")
+    (ws / "config/prompts/test.yaml").write_text(PROMPTS % "(?s).*")
+    (ws / "config/tolerances.yaml").write_text(TOLERANCES)
+    shutil.copytree(ROOT / "src/apr_qa", ws / "src/apr_qa", ignore=shutil.ignore_patterns("__pycache__"))
+    write_config(ws, hub_cache)
+    return ws
+
+
+@pytest.fixture(scope="module")
+def built(workspace) -> subprocess.CompletedProcess:
+    proc = snakemake(workspace)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    return proc
+
+
+def test_full_build(workspace, built):
+    want = {("download", m) for m in MODELS} | {("report", "")}
+    for m in MODELS:
+        for v in VARIANTS:
+            want |= chain(m, v)
+    assert executed(built) == want
+    report = (workspace / "results/report.md").read_text()
+    assert report.count("CERTIFIED") == len(MODELS) * len(VARIANTS)
+    for m in MODELS:
+        manifest = json.loads((workspace / f"results/download/{m}/manifest.json").read_text())
+        assert re.fullmatch(r"[0-9a-f]{40}", manifest["commit"]) and manifest["offline"] is True
+        assert manifest["commit"] in report
+
+
+def test_noop_plans_zero_jobs(workspace, built):
+    assert nothing_to_do(workspace, "results/report.md")
+
+
+def test_identical_reconversion_does_not_cascade(workspace, built):
+    """Early cutoff: evicted .apr files (spec 5.2 JIT eviction) are rebuilt byte-identical, and
+    nothing downstream of them reruns."""
+    evicted = sorted(workspace.glob("results/apr/*/*.apr"))
+    for apr in evicted:
+        apr.unlink()
+    assert nothing_to_do(workspace)  # evicted, not needed: not rebuilt
+    proc = snakemake(workspace, "results/report.md", *(str(p.relative_to(workspace)) for p in evicted))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert executed(proc) == {("convert", f"{m}/{v}") for m in MODELS for v in VARIANTS}
+
+
+def test_quantizer_edit_reruns_exactly_its_variant(workspace, built):
+    q4_0 = workspace / "src/apr_qa/quant/q4_0.py"
+    # a quantizer change that moves every block's scale (so the q4_0 bytes change)
+    q4_0.write_text(q4_0.read_text() + "\n\n_reference = quantize_blocks\n\n\n"
+                    "def quantize_blocks(blocks, out):\n    _reference(blocks * np.float32(1.01), out)\n")
+    proc = snakemake(workspace)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    want = {("report", "")}
+    for m in MODELS:
+        want |= chain(m, "q4_0")
+    assert executed(proc) == want
+    assert nothing_to_do(workspace)
+
+
+def test_forced_gate_failure_blocks_variant(workspace, built):
+    """An impossible sanity pattern trips T4 (fail level): failed gate jobs, BLOCKED rows, exit != 0."""
+    prompts = workspace / "config/prompts/test.yaml"
+    prompts.write_text(PROMPTS % "^never matches$")
+    try:
+        proc = snakemake(workspace, "results/report.md")
+        assert proc.returncode != 0
+        assert "gate T4" in proc.stderr and "tiny-llama/f16" in proc.stderr
+        report = (workspace / "results/report.md").read_text()
+        rows = [l for l in report.splitlines() if "BLOCKED" in l]
+        assert len(rows) == len(MODELS) * len(VARIANTS)
+        assert all("T4" in r for r in rows)
+        log = (workspace / "results/logs/gate/evaluate/tiny-llama/f16.log").read_text()
+        assert "T4" in log and "measured 0" in log and "threshold > 0.5" in log
+    finally:
+        prompts.write_text(PROMPTS % "(?s).*")
+    proc = snakemake(workspace)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (workspace / "results/report.md").read_text().count("CERTIFIED") == len(MODELS) * len(VARIANTS)
+
+
+def test_tampered_download_halts(tmp_path, workspace, built, hub_cache):
+    """A corrupted cached blob: D4 halts the download job, nothing downstream of it is built."""
+    cache = tmp_path / "cache"
+    shutil.copytree(hub_cache, cache, symlinks=True)
+    blob = next(cache.glob("models--test--tiny-llama-gguf/blobs/*"))
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    for name in ("Snakefile", "rules", "envs", "profiles", "config", "src"):
+        if name == "config":
+            shutil.copytree(workspace / name, ws / name)
+        else:
+            (ws / name).symlink_to(workspace / name)
+    write_config(ws, cache)
+    proc = snakemake(ws)
+    assert proc.returncode != 0
+    assert "D4 checksum mismatch" in (ws / "results/logs/download/tiny-gguf.log").read_text()
+    assert not (ws / "results/download/tiny-gguf").exists()
+    assert not (ws / "results/apr/tiny-gguf").exists() and not (ws / "results/validate/tiny-gguf").exists()
+    assert (ws / "results/andon/STOP").exists()  # halt-level under stop-on-p0 stops the line
+    report = (ws / "results/report.md").read_text()
+    assert "LINE STOPPED" in report and "D4" in report
