@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from . import __version__
@@ -24,6 +25,11 @@ COMMAND_MODULES = [
 ]
 
 EXIT_OK, EXIT_GATE_FAIL, EXIT_USAGE, EXIT_HALT = 0, 1, 2, 3
+
+# Set before any command imports torch: OpenMP's default spin-waiting starves 2-thread torch when
+# other processes share the cores (measured ~10x slower decode on a shared 2-core machine).
+# An explicit OMP_WAIT_POLICY in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def build_parser() -> argparse.ArgumentParser:

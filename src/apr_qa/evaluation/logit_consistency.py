@@ -1,0 +1,163 @@
+"""Behavioural equivalence of a model and its reference, computed from logits.
+
+Three views, each a pure function of tensors so it can be tested without a runtime:
+- spec section 7.4: top-k agreement on the next-token logits, exactly as the spec's Rust code;
+- llama.cpp `--kl-divergence` statistics over every position (KLD, same top-1, delta-p, PPL);
+- invariant I-1: greedy generations compared token by token.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from . import stats
+
+
+@dataclass(frozen=True)
+class AgreementConfig:
+    """The spec's LogitConsistencyChecker defaults."""
+
+    top_k: int = 10
+    logit_tolerance: float = 0.1
+    min_agreement: float = 0.9
+
+
+def top_k(logits: torch.Tensor, k: int) -> list[tuple[int, float]]:
+    """The k largest (token, logit) pairs, descending; ties keep index order like Rust's stable sort."""
+    values, order = torch.sort(logits.float(), descending=True, stable=True)
+    return [(int(i), float(v)) for i, v in zip(order[:k].tolist(), values[:k].tolist())]
+
+
+def spec_agreement(orig: Sequence[tuple[int, float]], conv: Sequence[tuple[int, float]],
+                   k: int, tolerance: float) -> float:
+    """0.5 * |token overlap| / k + 0.5 * |shared tokens whose logits differ <= tolerance| / k."""
+    orig_tokens = {idx for idx, _ in orig}
+    conv_values = {}
+    for idx, val in conv:
+        conv_values.setdefault(idx, val)  # Rust's `find` takes the first match
+    overlap = len(orig_tokens & conv_values.keys())
+    logit_agreements = sum(1 for idx, val in orig
+                           if idx in conv_values and abs(val - conv_values[idx]) <= tolerance)
+    return 0.5 * overlap / k + 0.5 * logit_agreements / k
+
+
+def spec_consistency(prompt_ids: Sequence[str], reference_next: Sequence[torch.Tensor],
+                     model_next: Sequence[torch.Tensor], config: AgreementConfig = AgreementConfig()) -> dict:
+    """Spec 7.4 `verify`: a prompt agrees when its score >= min_agreement; pass when the share of
+    agreeing prompts >= min_agreement. Inputs are each prompt's last-position logits [vocab]."""
+    per_prompt, divergent = [], []
+    for pid, ref, mod in zip(prompt_ids, reference_next, model_next, strict=True):
+        ref_top, mod_top = top_k(ref, config.top_k), top_k(mod, config.top_k)
+        score = spec_agreement(ref_top, mod_top, config.top_k, config.logit_tolerance)
+        per_prompt.append({"id": pid, "agreement": score})
+        if score < config.min_agreement:
+            divergent.append({"id": pid, "agreement": score,
+                              "reference_top_k": [list(t) for t in ref_top],
+                              "model_top_k": [list(t) for t in mod_top]})
+    agreeing = len(per_prompt) - len(divergent)
+    rate = agreeing / len(per_prompt) if per_prompt else 0.0
+    return {
+        "method": "spec-7.4 top-k agreement on the next-token logits",
+        "top_k": config.top_k,
+        "logit_tolerance": config.logit_tolerance,
+        "min_agreement": config.min_agreement,
+        "agreement_rate": rate,
+        "mean_agreement": stats.mean([p["agreement"] for p in per_prompt]) if per_prompt else None,
+        "total_prompts": len(per_prompt),
+        "divergent_count": len(divergent),
+        "passed": bool(per_prompt) and rate >= config.min_agreement,
+        "per_prompt": per_prompt,
+        "divergent_samples": divergent,
+    }
+
+
+@dataclass
+class PositionStats:
+    """Per-position values over all prompts, before summarizing."""
+
+    kld: list[float]
+    same_top: list[bool]
+    delta_p: list[float]         # p_model(next) - p_reference(next), positions with a next token
+    nll_model: list[float]
+    nll_reference: list[float]
+
+
+def position_stats(reference: Sequence[torch.Tensor], model: Sequence[torch.Tensor],
+                   token_ids: Sequence[Sequence[int]]) -> PositionStats:
+    """KL(reference || model) at every position, top-1 agreement, and next-token probabilities.
+
+    `reference[i]`, `model[i]` are [T_i, vocab] logits for the token sequence `token_ids[i]`.
+    Computed in float64 so that identical logits give exactly zero.
+    """
+    out = PositionStats([], [], [], [], [])
+    for ref, mod, ids in zip(reference, model, token_ids, strict=True):
+        if ref.shape != mod.shape or ref.shape[0] != len(ids):
+            raise ValueError(f"logit shapes differ: reference {tuple(ref.shape)}, model "
+                             f"{tuple(mod.shape)}, {len(ids)} tokens")
+        lp_ref = torch.log_softmax(ref.double(), dim=-1)
+        lp_mod = torch.log_softmax(mod.double(), dim=-1)
+        out.kld += (lp_ref.exp() * (lp_ref - lp_mod)).sum(-1).tolist()
+        out.same_top += (ref.argmax(-1) == mod.argmax(-1)).tolist()
+        if len(ids) > 1:
+            nxt = torch.tensor(list(ids[1:]), dtype=torch.long).unsqueeze(-1)
+            ref_lp = lp_ref[:-1].gather(-1, nxt).squeeze(-1)
+            mod_lp = lp_mod[:-1].gather(-1, nxt).squeeze(-1)
+            out.delta_p += (mod_lp.exp() - ref_lp.exp()).tolist()
+            out.nll_reference += (-ref_lp).tolist()
+            out.nll_model += (-mod_lp).tolist()
+    return out
+
+
+def kld_summary(ps: PositionStats) -> dict:
+    """The statistics llama-perplexity --kl-divergence prints, from per-position values."""
+    n = len(ps.kld)
+    if n == 0:
+        raise ValueError("no positions to compare")
+    same = sum(ps.same_top) / n
+    result = {
+        "positions": n,
+        "kld": {"mean": stats.mean(ps.kld), "se": stats.standard_error(ps.kld),
+                "max": max(ps.kld), "min": min(ps.kld),
+                **stats.percentiles(ps.kld, stats.KLD_PERCENTILES)},
+        "same_top1": {"rate": same, "se": stats.binomial_se(same, n), "count": sum(ps.same_top)},
+        "delta_p": None,
+        "perplexity": None,
+    }
+    if ps.delta_p:
+        sq = [d * d for d in ps.delta_p]
+        rms = math.sqrt(stats.mean(sq))
+        result["delta_p"] = {
+            "scored_tokens": len(ps.delta_p),
+            "mean": stats.mean(ps.delta_p), "se": stats.standard_error(ps.delta_p),
+            "rms": rms,
+            # llama.cpp: the uncertainty of mean(dp^2), propagated through the square root
+            "rms_se": 0.5 * stats.standard_error(sq) / rms if rms > 0 else 0.0,
+            "max": max(ps.delta_p), "min": min(ps.delta_p),
+            **stats.percentiles(ps.delta_p, stats.DELTA_P_PERCENTILES),
+        }
+        ln_ratio = [m - r for m, r in zip(ps.nll_model, ps.nll_reference)]
+        mean_ln_ratio = stats.mean(ln_ratio)
+        result["perplexity"] = {
+            "model": math.exp(stats.mean(ps.nll_model)),
+            "reference": math.exp(stats.mean(ps.nll_reference)),
+            "ratio": math.exp(mean_ln_ratio),
+            "ln_ratio_mean": mean_ln_ratio,
+            "ln_ratio_se": stats.standard_error(ln_ratio),
+            "ln_ppl_correlation": stats.pearson(ps.nll_model, ps.nll_reference),
+        }
+    return result
+
+
+def greedy_identity(model_ids: Sequence[int], reference_ids: Sequence[int]) -> dict:
+    """I-1: inference(convert(m)) == inference(m), compared on greedy token ids."""
+    model_ids, reference_ids = list(model_ids), list(reference_ids)
+    first = next((i for i, (a, b) in enumerate(zip(model_ids, reference_ids)) if a != b), None)
+    if first is None and len(model_ids) != len(reference_ids):
+        first = min(len(model_ids), len(reference_ids))
+    return {"identical": first is None, "first_divergence": first,
+            "first_token_identical": first != 0 and bool(model_ids) and bool(reference_ids),
+            "model_tokens": len(model_ids), "reference_tokens": len(reference_ids)}

@@ -1,0 +1,140 @@
+"""The golden prompt set (spec section 7.2): load, validate, and fingerprint it.
+
+Every evaluation records the file's sha256, so a result can always be traced to the exact prompts.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import FormatError
+from ..fsutil import sha256_file
+
+REQUIRED_PROMPT_KEYS = ("id", "input", "expected_pattern", "category")
+
+
+@dataclass(frozen=True)
+class GoldenPrompt:
+    id: str
+    input: str
+    expected_pattern: str
+    category: str
+    source: str | None = None
+    difficulty: str | None = None
+
+    def matches(self, text: str) -> bool:
+        """The spec's `prompt.matches(output)`: a regex search anywhere in the continuation."""
+        return re.search(self.expected_pattern, text, re.DOTALL) is not None
+
+
+@dataclass(frozen=True)
+class TextPair:
+    id: str
+    a: str
+    b: str
+
+
+@dataclass
+class GoldenSet:
+    path: Path
+    sha256: str
+    version: str
+    metadata: dict[str, Any]
+    prompts: list[GoldenPrompt]
+    paraphrase_pairs: list[TextPair] = field(default_factory=list)
+    unrelated_pairs: list[TextPair] = field(default_factory=list)
+
+    @property
+    def categories(self) -> list[str]:
+        return sorted({p.category for p in self.prompts})
+
+    def embedding_texts(self) -> list[str]:
+        """Golden inputs plus every pair's texts, de-duplicated in first-seen order."""
+        texts = [p.input for p in self.prompts]
+        for pair in self.paraphrase_pairs + self.unrelated_pairs:
+            texts += [pair.a, pair.b]
+        return list(dict.fromkeys(texts))
+
+    def summary(self) -> dict[str, Any]:
+        return {"path": str(self.path), "sha256": self.sha256, "version": self.version,
+                "count": len(self.prompts), "categories": self.categories,
+                "paraphrase_pairs": len(self.paraphrase_pairs),
+                "unrelated_pairs": len(self.unrelated_pairs)}
+
+
+def _text(entry: dict, key: str, where: str, path: Path) -> str:
+    value = entry.get(key)
+    if value is None:
+        raise FormatError(f"{where}: missing {key!r}", path)
+    if not isinstance(value, str) or not value:
+        raise FormatError(f"{where}: {key!r} must be a non-empty string", path)
+    return value
+
+
+def _prompt(entry: Any, index: int, path: Path) -> GoldenPrompt:
+    where = f"prompts[{index}]"
+    if not isinstance(entry, dict):
+        raise FormatError(f"{where}: expected a mapping, got {type(entry).__name__}", path)
+    if isinstance(entry.get("id"), str):
+        where += f" (id {entry['id']!r})"
+    fields = {key: _text(entry, key, where, path) for key in REQUIRED_PROMPT_KEYS}
+    try:
+        re.compile(fields["expected_pattern"], re.DOTALL)
+    except re.error as exc:
+        raise FormatError(f"{where}: invalid expected_pattern regex: {exc}", path) from None
+    optional = {k: str(entry[k]) for k in ("source", "difficulty") if entry.get(k) is not None}
+    return GoldenPrompt(**fields, **optional)
+
+
+def _pairs(section: dict, key: str, path: Path) -> list[TextPair]:
+    entries = section.get(key) or []
+    if not isinstance(entries, list):
+        raise FormatError(f"embedding.{key}: expected a list", path)
+    pairs = []
+    for i, entry in enumerate(entries):
+        where = f"embedding.{key}[{i}]"
+        if not isinstance(entry, dict):
+            raise FormatError(f"{where}: expected a mapping", path)
+        pairs.append(TextPair(*(_text(entry, k, where, path) for k in ("id", "a", "b"))))
+    return pairs
+
+
+def load_golden(path: str | Path) -> GoldenSet:
+    """Parse and validate a golden prompt file; any problem is one FormatError naming the file."""
+    import yaml
+
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FormatError("prompt file not found", path) from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise FormatError(f"not valid YAML: {' '.join(str(exc).split())}", path) from None
+    if not isinstance(doc, dict):
+        raise FormatError("expected a mapping with 'metadata' and 'prompts'", path)
+    metadata = doc.get("metadata")
+    if not isinstance(metadata, dict) or not metadata.get("version"):
+        raise FormatError("missing metadata.version", path)
+    entries = doc.get("prompts")
+    if not isinstance(entries, list) or not entries:
+        raise FormatError("'prompts' must be a non-empty list", path)
+    prompts = [_prompt(entry, i, path) for i, entry in enumerate(entries)]
+
+    section = doc.get("embedding") or {}
+    if not isinstance(section, dict):
+        raise FormatError("'embedding' must be a mapping", path)
+    paraphrase = _pairs(section, "paraphrase_pairs", path)
+    unrelated = _pairs(section, "unrelated_pairs", path)
+
+    seen: set[str] = set()
+    for item_id in [p.id for p in prompts] + [p.id for p in paraphrase + unrelated]:
+        if item_id in seen:
+            raise FormatError(f"duplicate id {item_id!r}", path)
+        seen.add(item_id)
+
+    return GoldenSet(path=path, sha256=sha256_file(path), version=str(metadata["version"]),
+                     metadata=metadata, prompts=prompts, paraphrase_pairs=paraphrase,
+                     unrelated_pairs=unrelated)

@@ -1,0 +1,268 @@
+"""`evaluate`: run the protocol on a model, then compare it with its reference in the same runtime.
+
+Phases, so that only one model is in memory at a time and memory figures belong to the model:
+1. model (measured window): load, sampled runs (or embedding timings), greedy pass, logits, tokenizer probe;
+2. model freed; reference loaded at float32: the same greedy pass, logits and tokenizer probe;
+3. comparisons (spec 7.4, KLD statistics, I-1, I-5) and gates.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import AprQaError
+from ..evidence import Evidence
+from ..fsutil import sha256_file
+from . import encoder_eval, gates, logit_consistency, protocol, tokenizer_check
+from .memory import PeakMemory
+from .prompts import GoldenSet
+
+
+@dataclass
+class Evaluation:
+    """Everything the report needs; `sections` are JSON-ready."""
+
+    protocol: str
+    model: dict[str, Any]
+    reference: dict[str, Any]
+    sections: dict[str, Any] = field(default_factory=dict)
+    gates: list[Evidence] = field(default_factory=list)
+
+
+def describe_weights(path: str | Path) -> dict[str, Any]:
+    """Path, content hash, size and a metadata summary of a model file or folder."""
+    from ..runtime import open_weights
+
+    source = open_weights(path)
+    try:
+        files = sorted(Path(f) for f in source.files)
+        if source.format == "apr":
+            meta = source.metadata
+            quant = meta.get("quantization") or {}
+            summary = {"architecture": meta.get("architecture"), "model_type": meta.get("model_type"),
+                       "quantization": quant.get("level"), "weights_dtype": quant.get("weights_dtype"),
+                       "param_count": meta.get("param_count"), "original_format": meta.get("original_format"),
+                       "source": meta.get("source")}
+        else:
+            archs = source.config.get("architectures") or [None]
+            summary = {"architecture": archs[0], "model_type": source.config.get("model_type"),
+                       "quantization": "source", "weights_dtype": None, "param_count": None,
+                       "original_format": source.format, "source": str(path)}
+        fmt = source.format
+    finally:
+        source.close()
+    if len(files) == 1 and files[0] == Path(path):
+        digest = sha256_file(files[0])
+    else:  # a folder: hash of "relative-path sha256" lines over every file the source reads
+        lines = "".join(f"{f.relative_to(path) if f.is_relative_to(path) else f.name} {sha256_file(f)}\n"
+                        for f in files)
+        digest = hashlib.sha256(lines.encode()).hexdigest()
+    return {"path": str(path), "format": fmt, "sha256": digest,
+            "size_bytes": sum(os.path.getsize(f) for f in files), "files": [str(f) for f in files],
+            "metadata": summary}
+
+
+def _free(model) -> None:
+    device = model.device
+    del model
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _prompt_logits(model, token_ids: list[list[int]]) -> list[torch.Tensor]:
+    # one sequence per call: no padding, so model and reference see exactly the same computation
+    out = [model.logits([ids])[0] for ids in token_ids]
+    _require_finite(out, "logits")
+    return out
+
+
+def _require_finite(tensors, what: str) -> None:
+    """NaN/inf output is an inference failure (gate T1), never a number to average."""
+    for i, t in enumerate(tensors):
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"non-finite {what} for input {i}")
+
+
+def evaluate(model_path: str | Path, reference_path: str | Path, golden: GoldenSet,
+             opts: protocol.EvalOptions, device: str = "cpu", dtype: str | torch.dtype = torch.float32) -> Evaluation:
+    from ..runtime import load_model
+    from ..runtime.device import resolve_device
+
+    if opts.runs < 1:
+        raise AprQaError(f"--runs must be at least 1, got {opts.runs}")
+    dev = resolve_device(device)
+    model_info = describe_weights(model_path)
+    reference_info = describe_weights(reference_path)
+    level = model_info["metadata"]["quantization"] or "source"
+
+    memory = PeakMemory(dev)
+    with memory:
+        model = load_model(model_path, device=dev, dtype=dtype)
+        kind = model.kind
+        runtime_dtype = str(model.dtype).removeprefix("torch.")
+        try:
+            if kind == "decoder":
+                measured = _measure_decoder(model, golden, opts)
+            else:
+                measured = _measure_encoder(model, golden, opts)
+            error = None
+        except (RuntimeError, ValueError, AprQaError) as exc:  # inference broke: gate T1 records it
+            measured, error = None, f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        model_config = model.config
+    _free(model)
+    model_info["kind"] = kind
+    model_info["runtime_dtype"] = runtime_dtype
+    model_info["hidden_size"] = model_config.get("hidden_size")
+
+    ev = Evaluation("generation" if kind == "decoder" else "embedding", model_info, reference_info)
+    ev.sections["memory"] = memory.as_dict()
+    ev.sections["variant"] = level
+    t3 = gates.gate_t3(memory.peak_bytes, opts.memory_limit_bytes)
+    if measured is None:
+        ev.gates = [gates.gate_t1(0, len(golden.prompts) * opts.runs, error), t3]
+        return ev
+
+    reference = load_model(reference_path, device=dev, dtype=torch.float32)
+    try:
+        if reference.kind != kind:
+            raise AprQaError(f"reference is an {reference.kind}, the model an {kind}", reference_path)
+        if kind == "decoder":
+            _compare_decoder(ev, measured, reference, golden, opts, level)
+        else:
+            _compare_encoder(ev, measured, reference, golden, opts, level)
+    except ValueError as exc:  # non-finite reference output, or outputs of different shapes
+        raise AprQaError(f"cannot compare with the reference: {exc}", reference_path) from None
+    finally:
+        _free(reference)
+    ev.gates.insert(2, t3)
+    return ev
+
+
+# -- decoders --------------------------------------------------------------------------------------
+
+def _measure_decoder(model, golden: GoldenSet, opts: protocol.EvalOptions) -> dict:
+    runs = protocol.run_generation(model, golden, opts)
+    token_ids = [model.tokenizer.encode(p.input) for p in golden.prompts]
+    return {"runs": runs,
+            "greedy": protocol.greedy_pass(model, golden, opts),
+            "token_ids": token_ids,
+            "logits": _prompt_logits(model, token_ids),
+            "tokenizer": tokenizer_check.probe(model.tokenizer, _tokenizer_texts(golden))}
+
+
+def _tokenizer_texts(golden: GoldenSet) -> list[str]:
+    return [p.input for p in golden.prompts] + list(tokenizer_check.EDGE_CASES)
+
+
+def _compare_decoder(ev: Evaluation, m: dict, reference, golden: GoldenSet, opts: protocol.EvalOptions,
+                     level: str) -> None:
+    runs = m["runs"]
+    ref_greedy = protocol.greedy_pass(reference, golden, opts)
+    ref_logits = _prompt_logits(reference, m["token_ids"])
+    ref_tok = tokenizer_check.probe(reference.tokenizer, _tokenizer_texts(golden))
+
+    ids = [p.id for p in golden.prompts]
+    spec = logit_consistency.spec_consistency(ids, [r[-1] for r in ref_logits], [x[-1] for x in m["logits"]],
+                                              opts.agreement)
+    kld = logit_consistency.kld_summary(logit_consistency.position_stats(ref_logits, m["logits"], m["token_ids"]))
+    i1 = {}
+    for p, g, r in zip(golden.prompts, m["greedy"], ref_greedy, strict=True):
+        i1[p.id] = {**logit_consistency.greedy_identity(g.token_ids, r.token_ids),
+                    "model_text": g.text, "reference_text": r.text}
+    i5 = tokenizer_check.compare(m["tokenizer"], ref_tok)
+    i5["first_generated_token_identical"] = sum(v["first_token_identical"] for v in i1.values())
+
+    accuracy = runs["accuracy"]
+    accuracy["greedy"] = protocol.greedy_accuracy(golden, m["greedy"], opts.confidence)
+    accuracy["greedy_reference"] = protocol.greedy_accuracy(golden, ref_greedy, opts.confidence)
+    ev.sections.update({
+        "runs": {"count": opts.runs, "per_prompt": opts.runs, "total": len(runs["records"]),
+                 "records": runs["records"]},
+        "accuracy": accuracy,
+        "latency": runs["latency"],
+        "ttft": runs["ttft"],
+        "throughput": runs["throughput"],
+        "logit_consistency": {"reference_dtype": "float32", "prompts": len(ids),
+                              "spec_7_4": spec, "kl_divergence": kld},
+        "invariants": {"I-1": {"level": level, "identical": all(v["identical"] for v in i1.values()),
+                               "per_prompt": i1},
+                       "I-5": i5},
+    })
+    produced = sum(r["new_tokens"] > 0 for r in runs["records"])
+    ev.gates = [
+        gates.gate_t1(produced, len(runs["records"])),
+        gates.gate_t2(runs["latency"]["max"], runs["timeouts"], opts.timeout_s),
+        gates.gate_t4_generation(accuracy["by_category"].get("sanity")),
+        gates.gate_t5_generation(spec),
+        gates.gate_i1_generation(i1, level),
+        gates.gate_i5(i5),
+    ]
+
+
+# -- encoders --------------------------------------------------------------------------------------
+
+def _measure_encoder(model, golden: GoldenSet, opts: protocol.EvalOptions) -> dict:
+    # Texts longer than the encoder's context cannot be embedded whole; they are listed, not truncated.
+    limit = getattr(model, "max_positions", None)
+    texts, skipped = [], []
+    for text in golden.embedding_texts():
+        n = len(model.tokenizer.encode(text))
+        if limit is not None and n > limit:
+            skipped.append({"text": text, "tokens": n, "max_positions": limit})
+        else:
+            texts.append(text)
+    embeddings = model.embed(texts).float().cpu()
+    _require_finite(embeddings, "embedding")
+    return {"texts": texts, "skipped": skipped,
+            "latency": protocol.time_embeddings(model, texts, opts),
+            "embeddings": embeddings,
+            "tokenizer": tokenizer_check.probe(model.tokenizer, _tokenizer_texts(golden))}
+
+
+def _similarity(golden: GoldenSet, texts: list[str], embeddings: torch.Tensor) -> dict:
+    by_text = dict(zip(texts, embeddings))
+    return encoder_eval.similarity_sanity(encoder_eval.pair_scores(golden.paraphrase_pairs, by_text),
+                                          encoder_eval.pair_scores(golden.unrelated_pairs, by_text))
+
+
+def _compare_encoder(ev: Evaluation, m: dict, reference, golden: GoldenSet, opts: protocol.EvalOptions,
+                     level: str) -> None:
+    texts, emb = m["texts"], m["embeddings"]
+    ref_emb = reference.embed(texts).float().cpu()
+    _require_finite(ref_emb, "reference embedding")
+    ref_tok = tokenizer_check.probe(reference.tokenizer, _tokenizer_texts(golden))
+    t1 = gates.gate_t1(len(emb), len(texts))
+    consistency = encoder_eval.embedding_consistency(texts, emb, ref_emb)
+    min_cosine = opts.min_cosine if opts.min_cosine is not None else encoder_eval.DEFAULT_MIN_COSINE.get(level, 0.99)
+    consistency["min_cosine"] = min_cosine
+    consistency["skipped_texts"] = m["skipped"]
+    sanity = _similarity(golden, texts, emb)
+    sanity["reference"] = _similarity(golden, texts, ref_emb)
+    i5 = tokenizer_check.compare(m["tokenizer"], ref_tok)
+    n_runs = opts.runs * len(texts)
+    ev.sections.update({
+        "runs": {"count": opts.runs, "per_text": opts.runs, "total": n_runs, "texts": len(texts)},
+        "latency": m["latency"],
+        "throughput": {"texts_per_s": (1.0 / m["latency"]["mean"]) if m["latency"]["mean"] else None},
+        "embedding_consistency": consistency,
+        "similarity": sanity,
+        "invariants": {"I-1": {"level": level, "identical": consistency["max_abs_diff"] == 0.0,
+                               "cosine_min": consistency["cosine_min"]},
+                       "I-5": i5},
+    })
+    ev.gates = [
+        t1,
+        gates.gate_t2(m["latency"]["max"], 0, opts.timeout_s),
+        gates.gate_t4_embedding(sanity),
+        gates.gate_t5_embedding(consistency, min_cosine),
+        gates.gate_i1_embedding(consistency, level, min_cosine),
+        gates.gate_i5(i5),
+    ]
