@@ -63,6 +63,23 @@ def test_block32_quantize_matches_gguf_bytes(dtype, case):
     np.testing.assert_array_equal(ours, ref)
 
 
+@pytest.mark.parametrize("dtype", [DType.Q8_0, DType.Q4_0])
+def test_block32_bytes_do_not_depend_on_torch_threads(dtype):
+    torch = pytest.importorskip("torch")
+    x = np.concatenate([CASES["normal"], CASES["halves"], CASES["ties"]])
+    x = np.tile(x, (300, 1))  # 3.1 M values: chunks large enough for torch to split across threads
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = quantize(dtype, x)
+        torch.set_num_threads(2)
+        two = quantize(dtype, x)
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_array_equal(one, two)
+    np.testing.assert_array_equal(one, gq.quantize(x, GT[dtype.name]).reshape(-1))
+
+
 def test_q4_0_all_zero_block_keeps_ggml_scale_sign():
     # ggml starts from max = +0.0, so an all-zero block stores d = 0 / -8 = -0.0 (0x8000) even
     # when it begins with -0.0; gguf-py picks the first element and would store +0.0 there.

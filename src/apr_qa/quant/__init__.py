@@ -34,7 +34,7 @@ _CODECS: dict[DType, Codec] = {
 
 # Elements handled per step: small enough that a step's temporaries stay in the CPU cache,
 # large enough to amortize numpy's per-call overhead (the K-quants make hundreds of calls per step).
-_CHUNK_ELEMS = {DType.F32: 1 << 22, DType.F16: 1 << 22, DType.BF16: 1 << 22}
+_CHUNK_ELEMS = {DType.F32: 1 << 22, DType.F16: 1 << 22, DType.BF16: 1 << 22, DType.Q8_0: 1 << 18, DType.Q4_0: 1 << 18}
 _DEFAULT_CHUNK_ELEMS = 1 << 16
 
 

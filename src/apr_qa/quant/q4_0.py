@@ -3,6 +3,9 @@
 Byte-identical to ggml's `quantize_row_q4_0_ref`: d = max / -8 where max is the first element of
 largest magnitude (sign kept), q = min(15, trunc(x / d + 8.5)); elements 0-15 go in the low
 nibbles, 16-31 in the high nibbles.
+
+Quantizing runs on torch (in-place, SIMD, integer reductions) over numpy views of the same memory;
+the per-block scalars stay in numpy so their IEEE division is exactly C's.
 """
 
 from __future__ import annotations
@@ -10,12 +13,14 @@ from __future__ import annotations
 import numpy as np
 
 
-def _signed_absmax(blocks: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Per block, the first element of largest magnitude, as ggml's scan picks it.
+def _signed_absmax(blocks: np.ndarray, x) -> np.ndarray:
+    """Per block, the first element of largest magnitude, as ggml's scan picks it."""
+    import torch
 
-    `cols` is blocks transposed to (32, n): reductions over its long axis are vectorized."""
-    hi = cols.max(axis=0)
-    lo = cols.min(axis=0)
+    # int32 max of the bits: the largest x when some x >= +0, else the most negative x (either
+    # way the right `hi` below), several times faster than a float reduction.
+    hi = x.view(torch.int32).amax(1).view(torch.float32).numpy()
+    lo = x.amin(1).numpy()
     picked = np.where(-lo > hi, lo, hi)
     # +a and -a both present: the first one in the block wins. All zero: ggml keeps +0.
     tie = np.flatnonzero(-lo == hi)
@@ -28,20 +33,27 @@ def _signed_absmax(blocks: np.ndarray, cols: np.ndarray) -> np.ndarray:
 
 
 def quantize_blocks(blocks: np.ndarray, out: np.ndarray) -> None:
-    # Work on the transposed (32, n) copy: per-block scalars then broadcast along long rows.
-    cols = blocks.T.copy()
-    d = _signed_absmax(blocks, cols) / np.float32(-8)
+    import torch
+
+    n = blocks.shape[0]
+    x = torch.from_numpy(blocks)
+    d = _signed_absmax(blocks, x) / np.float32(-8)
     inv = np.zeros_like(d)
     np.divide(np.float32(1), d, out=inv, where=d != 0)
-    cols *= inv
-    cols += np.float32(8.5)
-    np.minimum(cols, np.float32(15), out=cols)  # cols >= 0 here, so this equals min(15, (int8)y)
-    q = cols.astype(np.uint8)
-    q[16:] <<= 4
-    q[16:] |= q[:16]  # element j in the low nibble, j + 16 in the high nibble
-    with np.errstate(over="ignore"):  # |d| > 65504 becomes inf, as in ggml
-        out[:, :2].view(np.float16)[:, 0] = d
-    out[:, 2:] = q[16:].T
+    # Laid out (2, n, 16): elements 0-15 of every block, then 16-31, so the nibble halves are
+    # contiguous for the packing below.
+    y = torch.empty((2, n, 16), dtype=torch.float32)
+    torch.mul(x.view(n, 2, 16).transpose(0, 1), torch.from_numpy(inv)[None, :, None], out=y)
+    y.add_(8.5)
+    q = y.to(torch.int8)  # C's float -> int8 truncation; y >= 0 here, so q is 0..16
+    q.clamp_max_(15)
+    # Nibbles never carry across bytes, so shift and merge eight at a time.
+    low, high = q[0].view(torch.int64), q[1].view(torch.int64)
+    high <<= 4
+    low |= high
+    torch.from_numpy(out[:, 2:]).copy_(q[0].view(torch.uint8))
+    # |d| > 65504 becomes inf, as in ggml; torch converts with SIMD, numpy one value at a time.
+    out[:, :2].view(np.uint16)[:, 0] = torch.from_numpy(d).to(torch.float16).numpy().view(np.uint16)
 
 
 def dequantize_blocks(raw: np.ndarray, out: np.ndarray) -> None:
