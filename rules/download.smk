@@ -17,6 +17,8 @@ checkpoint download:
         max_gb=config["download"]["max_size_gb"],
         retries=config["download"]["retries"],
         andon=lambda wc: andon("download", wc.model),
+    # On a cluster whose compute nodes have no internet, download on the head node instead.
+    localrule: config["download"].get("on_head_node", False)
     resources:
         downloads=1,
         mem_mb=1024,
