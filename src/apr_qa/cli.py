@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "apr_qa.commands.convert",    # convert, inspect, validate
     "apr_qa.commands.runtime",    # run, chat
     "apr_qa.commands.evaluate",   # eval
+    "apr_qa.commands.oracle",     # oracle (needs transformers: test/benchmark dependency)
     "apr_qa.commands.workflow",   # download, verify-checksums, fingerprint, report
     "apr_qa.commands.certify",    # score, serve, sync-readme, ...
 ]

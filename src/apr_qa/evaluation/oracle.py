@@ -1,0 +1,82 @@
+"""Independent oracle: our fp32 runtime against HuggingFace transformers on the same source weights.
+
+transformers is a test/benchmark dependency only, never used by the runtime. When the two disagree
+beyond fp32 noise (max |diff| > 1e-4 of the reference's logit range), our runtime is wrong and every
+evaluation built on it is suspect: the record says so, and the report shows it.
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any
+
+from ..errors import UnsupportedError
+
+RELATIVE_LIMIT = 1e-4  # of the reference output's value range (max - min)
+
+
+def transformers_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("transformers") is not None
+
+
+def _reference_model(source: Path, kind: str):
+    import torch
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    cls = AutoModelForCausalLM if kind == "decoder" else AutoModel
+    if source.suffix == ".gguf":  # transformers dequantizes GGUF itself, independently of us
+        return cls.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32).eval()
+    return cls.from_pretrained(source, dtype=torch.float32).eval()
+
+
+def run_oracle(source: str | Path, texts: list[str]) -> dict[str, Any]:
+    """Compare per-position outputs (decoder logits / encoder last hidden states) on `texts`."""
+    import torch
+
+    from ..runtime import load_model
+
+    source = Path(source)
+    base = {"source": str(source), "relative_limit": RELATIVE_LIMIT}
+    if not transformers_available():
+        return {**base, "status": "not-run", "passed": None, "reason": "transformers is not installed"}
+    import transformers
+
+    ours = load_model(source, dtype=torch.float32)
+    reference = _reference_model(source, ours.kind)
+    limit = getattr(ours, "max_positions", None)
+    encoded = [(t, ours.tokenizer.encode(t)) for t in texts]
+    skipped = [t[:60] for t, ids in encoded if limit and len(ids) > limit]
+    texts = [t for t, ids in encoded if not (limit and len(ids) > limit)]
+    batch = [ids for _, ids in encoded if not (limit and len(ids) > limit)]
+    if not batch:
+        raise UnsupportedError(f"every text is longer than the model's {limit} positions", source)
+    mine = ours.logits(batch) if ours.kind == "decoder" else ours.hidden_states(batch)
+    per_text = []
+    with torch.inference_mode():
+        for text, ids, got in zip(texts, batch, mine):
+            out = reference(torch.tensor([ids]))
+            want = (out.logits if ours.kind == "decoder" else out.last_hidden_state)[0].float()
+            diff = float((got.float() - want).abs().max())
+            value_range = float(want.max() - want.min())
+            per_text.append({"text": text[:60], "tokens": len(ids), "max_abs_diff": diff,
+                             "value_range": value_range, "relative": diff / value_range if value_range else 0.0})
+    worst = max(per_text, key=lambda p: p["relative"])
+    passed = worst["relative"] <= RELATIVE_LIMIT
+    return {
+        **base,
+        "status": "pass" if passed else "FAIL",
+        "passed": passed,
+        "kind": ours.kind,
+        "compared": "logits" if ours.kind == "decoder" else "last hidden state",
+        "max_relative_diff": worst["relative"],
+        "max_abs_diff": max(p["max_abs_diff"] for p in per_text),
+        "per_text": per_text,
+        "skipped_texts": skipped,  # longer than the model's context
+        "verdict": ("our runtime matches transformers" if passed else
+                    "our runtime DISAGREES with transformers on the source weights: evaluation results are suspect"),
+        "versions": {"transformers": transformers.__version__, "torch": torch.__version__,
+                     "python": platform.python_version()},
+    }

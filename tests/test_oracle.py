@@ -1,0 +1,56 @@
+"""`apr-qa oracle`: our runtime vs transformers; it must pass on real weights and fail on a broken runtime."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from apr_qa.cli import main
+
+ROOT_PROMPTS = "config/prompts/golden-v1.yaml"
+
+
+def oracle(source, tmp_path):
+    out = tmp_path / "oracle.json"
+    code = main(["oracle", str(source), "--prompts", ROOT_PROMPTS, "--json", str(out)])
+    return code, json.loads(out.read_text())
+
+
+def test_tiny_llama_matches(tiny_llama, tmp_path):
+    code, record = oracle(tiny_llama, tmp_path)
+    assert code == 0 and record["passed"] and record["kind"] == "decoder"
+    assert record["max_relative_diff"] <= 1e-4 and len(record["per_text"]) == 9
+
+
+def test_tiny_bert_matches(tiny_bert, tmp_path):
+    code, record = oracle(tiny_bert, tmp_path)
+    assert code == 0 and record["passed"] and record["compared"] == "last hidden state"
+    assert record["skipped_texts"]  # the tiny BERT has 64 positions; longer prompts are listed, not cut
+
+
+class _SkewedNorm:
+    """torch.nn.functional as the runtime sees it, except RMSNorm is off by 1 % (a real-looking bug)."""
+
+    def __init__(self, real):
+        self._real = real
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def rms_norm(self, *args, **kwargs):
+        return self._real.rms_norm(*args, **kwargs) * 1.01
+
+
+def test_a_wrong_runtime_is_reported(tiny_llama, tmp_path, monkeypatch):
+    import apr_qa.runtime.llama as llama
+
+    monkeypatch.setattr(llama, "F", _SkewedNorm(llama.F))  # only our runtime's view of F changes
+    code, record = oracle(tiny_llama, tmp_path)
+    assert code == 1 and record["passed"] is False and "DISAGREES" in record["verdict"]
+
+
+@pytest.mark.real_model
+def test_smollm2_gguf_matches(smollm2_gguf, tmp_path):
+    code, record = oracle(smollm2_gguf, tmp_path)
+    assert code == 0, record
