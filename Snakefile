@@ -3,6 +3,7 @@
 #   snakemake --cores 8                       # everything (profiles/default is picked up automatically)
 #   snakemake --cores 8 results/report.md     # the same: the report depends on every gate
 #   snakemake -n                              # plan only
+#   snakemake --cores 8 results/report.md --config tier=smoke   # tier: smoke|mvp|quick|standard|deep
 #
 # Rules are thin `apr-qa ...` calls. Design notes (early cutoff, andon, checksums): rules/common.smk.
 from snakemake.utils import min_version, validate
@@ -32,5 +33,6 @@ rule all:
 
 
 onerror:
-    # A failed run still gets its Andon board: every failed variant shows as BLOCKED with its gate.
+    # A failed run still gets its Andon board: every failed variant shows as BLOCKED with its gate,
+    # and (with a tier) each model with a blocked variant a BLOCKED certification with its Five Whys.
     write_report_after_failure()

@@ -17,20 +17,41 @@
 # rule fails (fail/halt levels) or touches a marker. Downstream stages need the markers, so a tripped
 # gate skips that model/variant; with keep-going the rest continue. The failure policy decides
 # which levels stop the line (results/andon/STOP).
+#
+# Tiers. `tier` (config, or --config tier=NAME) selects config/playbooks/NAME.yaml. The playbook
+# decides the variants built (its quantizations among the config's `variants`, up to max_variants),
+# `apr-qa eval --runs` (runs_per_prompt) and --timeout (timeouts.scenario_s), the certification's
+# scenarios and thresholds, and the failure policy. Precedence: a key set explicitly in the config
+# (failure_policy, evaluation.runs; evaluation.extra_args comes last on the eval command line) >
+# the tier playbook > built-in defaults (stop-on-p0, 5 runs). tier: null runs the gates only.
 import json
 import os
+import sys
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
+
+from apr_qa.certify.playbooks import load_playbook
+from apr_qa.dtypes import QUANT_LEVELS
 from apr_qa.workflow import checksums
+from apr_qa.workflow.certify import ANDON_POLICY, certification_fingerprint, tier_variants
 from apr_qa.workflow.download import weights_key
 from apr_qa.workflow.fingerprint import fingerprint
 
 RESULTS = config.get("results", "results")
 REPORT = f"{RESULTS}/report.md"
 ANDON = f"{RESULTS}/andon"
-POLICY = config.get("failure_policy", "stop-on-p0")
+TIER = config.get("tier")
+PLAYBOOK_FILE = f"config/playbooks/{TIER}.yaml" if TIER else None
+PLAYBOOK = load_playbook(TIER, templates=Path("config/playbooks")) if TIER else None
+POLICY = config.get("failure_policy") or (ANDON_POLICY[PLAYBOOK["failure_policy"]] if TIER else "stop-on-p0")
+RUNS = config["evaluation"].get("runs") or (PLAYBOOK["test_matrix"]["runs_per_prompt"] if TIER else 5)
+EVAL_TIMEOUT = f"--timeout {PLAYBOOK['timeouts']['scenario_s']:g}" if TIER else ""
 MODELS = {m["id"]: m for m in config["models"]}
-VARIANTS = {m["id"]: m.get("variants", config["variants"]) for m in config["models"]}
+if not TIER and "variants" not in config:
+    raise WorkflowError("config: `variants` is required without a tier")
+SITE_VARIANTS = {m["id"]: m.get("variants", config.get("variants", list(QUANT_LEVELS))) for m in config["models"]}
+VARIANTS = {m: tier_variants(PLAYBOOK, vs, m) if TIER else vs for m, vs in SITE_VARIANTS.items()}
 ALL_VARIANTS = sorted({v for vs in VARIANTS.values() for v in vs})
 HUB = config.get("hub", {})
 TOLERANCES = config.get("validation", {}).get("tolerances") or []  # optional YAML for `apr-qa validate`
@@ -69,6 +90,11 @@ EVIDENCE = f"{RESULTS}/validate/{{model}}/{{variant}}.json"
 EVALUATION = f"{RESULTS}/evaluate/{{model}}/{{variant}}.json"
 MARKER = f"{RESULTS}/gates/{{stage}}/{{model}}/{{variant}}.ok"
 SUMMARY = f"{RESULTS}/certify/{{model}}/{{variant}}.json"
+CERTIFICATION = f"{RESULTS}/certify/{{model}}/evidence.json"
+# Certification outputs of the report rule (with a tier); report.html is written in either mode.
+REPORT_HTML = f"{RESULTS}/report.html"
+MODELS_CSV, JUNIT = f"{RESULTS}/models.csv", f"{RESULTS}/junit.xml"
+PARETO_PNG, PARETO_SVG = f"{RESULTS}/pareto.png", f"{RESULTS}/pareto.svg"
 
 
 def cutoff(template):
@@ -130,18 +156,59 @@ def pickle_flag(model):
     return "--unsafe-allow-pickle" if MODELS[model].get("allow_pickle") else ""
 
 
-def report_command():
-    return (f"apr-qa report --results {RESULTS} --models {','.join(MODELS)} --variants {','.join(ALL_VARIANTS)} "
-            f"--prompts {config['evaluation']['prompts']} --out {REPORT}")
+def report_commands(certifications=None):
+    """The Andon board (report.md/.html); with a tier first models.csv and junit.xml of the given
+    certification files (default: every model's)."""
+    board = (f"apr-qa report --results {RESULTS} --models {','.join(MODELS)} --variants {','.join(ALL_VARIANTS)} "
+             f"--prompts {config['evaluation']['prompts']} --out {REPORT}")
+    if certifications is None:
+        certifications = [CERTIFICATION.format(model=m) for m in MODELS]
+    if not (TIER and certifications):
+        return [board]
+    files = " ".join(certifications)
+    return [f"rm -f {MODELS_CSV} && apr-qa export-csv {files} --output {MODELS_CSV}",
+            f"apr-qa junit {files} --output {JUNIT}", board]
 
 
 def write_report_after_failure():
-    shell(report_command() + " || true")
+    """After a failed run: BLOCKED certifications for the models whose tier variants the gates
+    stopped (from their stage evidence), then the reports of whatever exists."""
+    if TIER:
+        from apr_qa.workflow.certify import certify_blocked
+
+        for m in MODELS:
+            try:
+                certify_blocked(Path(RESULTS), m, MODELS[m]["repo"], PLAYBOOK, VARIANTS[m],
+                                Path(CERTIFICATION.format(model=m)), family=MODELS[m].get("family"))
+            except Exception as exc:  # best effort: the board must still be written
+                print(f"certification of {m} after failure: {exc}", file=sys.stderr)
+    existing = [CERTIFICATION.format(model=m) for m in MODELS if os.path.exists(CERTIFICATION.format(model=m))]
+    for cmd in report_commands(existing):
+        shell(cmd + " || true")
 
 
 def certified_summaries(wildcards):
     """Summaries of every variant of every model its download did not skip."""
     return [ancient(SUMMARY.format(model=m, variant=v)) for m in MODELS if downloaded(m) for v in VARIANTS[m]]
+
+
+def certifications(wildcards):
+    """Every certification of a model its download did not skip (none without a tier)."""
+    return [CERTIFICATION.format(model=m) for m in MODELS if TIER and downloaded(m)]
+
+
+def model_digest(wildcards):
+    """Param: digests of everything a model's certification reads, per variant."""
+    parts = []
+    for v in VARIANTS[wildcards.model]:
+        wc = {"model": wildcards.model, "variant": v}
+        sha = APR_SHA.format(**wc)
+        parts.append(recorded_sha256(sha) if os.path.exists(sha) else "pending")
+        parts += [checksums.sha256(p) if os.path.exists(p) else "pending"
+                  for p in (EVIDENCE.format(**wc), EVALUATION.format(**wc))]
+    manifest = MANIFEST.format(model=wildcards.model)
+    parts.append(weights_digest(manifest) if os.path.exists(manifest) else "pending")
+    return ",".join(parts)
 
 
 def summaries_digest(wildcards):

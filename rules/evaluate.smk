@@ -1,5 +1,6 @@
 # Stage 4: evaluate (golden prompts, statistics, logit consistency; gates T*). Runs only for a
 # variant whose validation gates passed (the marker), against the original source as reference.
+# Runs per prompt and the per-prompt timeout come from the tier (rules/common.smk: RUNS, EVAL_TIMEOUT).
 
 
 checkpoint evaluate:
@@ -20,7 +21,8 @@ checkpoint evaluate:
         apr=digest(APR_SHA, recorded_sha256),
         weights=digest(MANIFEST, weights_digest),
         source=source_of,
-        runs=config["evaluation"]["runs"],
+        runs=RUNS,
+        timeout=EVAL_TIMEOUT,
         device=config["evaluation"]["device"],
         extra=config["evaluation"].get("extra_args", ""),
         andon=lambda wc, output: andon("evaluate", f"{wc.model}/{wc.variant}", output.evaluation),
@@ -35,4 +37,4 @@ checkpoint evaluate:
         "({params.andon} sh -c 'apr-qa checksum {input.apr} --expect {input.sha} && "
         "apr-qa verify-checksums {input.manifest} && "
         "apr-qa eval {input.apr} --reference {params.source} --prompts {input.prompts} --runs {params.runs} "
-        "--device {params.device} --threads {threads} {params.extra} --json {output.evaluation}') > {log} 2>&1"
+        "--device {params.device} --threads {threads} {params.timeout} {params.extra} --json {output.evaluation}') > {log} 2>&1"

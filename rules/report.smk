@@ -1,23 +1,31 @@
 # Stage 6: the report. It depends on every certified summary, hence on every gate marker: a run
 # whose gate tripped cannot build it, so `snakemake results/report.md` exits non-zero, and the
-# Snakefile's onerror handler writes the same report showing the BLOCKED variants.
-
+# Snakefile's onerror handler writes the same report showing the BLOCKED variants (and, with a
+# tier, the BLOCKED certifications). With a tier the rule also writes the registry (models.csv),
+# JUnit XML (one testcase per gate/scenario) and the Pareto plot, which report.md links and the
+# single-file report.html embeds. Outputs are registered for `snakemake --report` too.
 
 rule report:
     input:
         certified_summaries,
+        certifications,
         manifests=[ancient(MANIFEST.format(model=m)) for m in MODELS],
         prompts=config["evaluation"]["prompts"],
     output:
         REPORT,
+        report(REPORT_HTML, category="Report", labels={"file": "report.html"}),
+        *([report(MODELS_CSV, category="Certification", labels={"file": "models.csv"}),
+           report(JUNIT, category="Certification", labels={"file": "junit.xml"}),
+           report(PARETO_PNG, category="Certification", labels={"file": "Pareto frontier"}),
+           PARETO_SVG] if TIER else []),
     log:
         f"{RESULTS}/logs/report.log",
     params:
         fp=fingerprint("report"),
         summaries=summaries_digest,
-        cmd=report_command(),
+        cmd=" && ".join(report_commands()),
     localrule: True
     conda:
         "../envs/apr-qa.yaml"
     shell:
-        "{params.cmd} > {log} 2>&1"
+        "({params.cmd}) > {log} 2>&1"

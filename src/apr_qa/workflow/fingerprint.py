@@ -39,7 +39,8 @@ STAGES: dict[str, tuple[list[str], list[str], bool]] = {
                  ["torch", "numpy", "tokenizers", "gguf", "safetensors", "pyyaml", "scipy"], True),
     "gate": (["workflow/andon.py", "evidence.py"], [], False),
     "certify": (["workflow/certify.py", "evidence.py"], [], False),
-    "report": (["workflow/report.py", "workflow/certify.py"], ["tabulate"], False),
+    "report": (["workflow/report.py", "workflow/certify.py", "certify/", "commands/certify.py"],
+               ["tabulate", "matplotlib"], False),
 }
 
 

@@ -1,14 +1,21 @@
-"""results/report.md: the Andon board of a workflow run, written whatever happened.
+"""results/report.md and report.html: the Andon board of a workflow run, written whatever happened.
 
 Built only from the files the stages left behind (manifests, conversion summaries, evidence,
-evaluations, andon events), so the same code writes the report after a green run (the report
-rule) and after a failed one (the Snakefile's onerror handler).
+evaluations, andon events, certifications), so the same code writes the report after a green run
+(the report rule) and after a failed one (the Snakefile's onerror handler). When models have
+certifications (results/certify/<model>/evidence.json) the report adds the certification table,
+the Pareto frontier of every certified variant (pareto.png/.svg next to the report, linked from the
+Markdown, embedded in the HTML) and the Five Whys of every failure. The page is assembled once as
+blocks and rendered to both Markdown and one self-contained HTML file.
 """
 
 from __future__ import annotations
 
+import base64
+import html
 import os
 import platform
+import re
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -16,7 +23,8 @@ from typing import Any
 
 from tabulate import tabulate
 
-from ..fsutil import sha256_file, write_text_atomic
+from ..errors import AprQaError
+from ..fsutil import atomic_path, sha256_file, write_text_atomic
 from .andon import stop_reason
 from .certify import _events, paths, read_json, summarize
 from .fingerprint import STAGES as FP_STAGES, fingerprint
@@ -70,19 +78,23 @@ def _variant_rows(results: Path, models: list[str], variants: list[str]) -> list
     return rows
 
 
-def render(results: Path, models: list[str], variants: list[str], prompts: Path | None) -> tuple[str, str]:
+# Blocks: ("h1"|"h2"|"h3"|"p", text) | ("table", headers, rows) | ("list", [(text, [sub items])]) | ("img", path, alt)
+Block = tuple
+
+
+def _board(results: Path, models: list[str], variants: list[str], prompts: Path | None) -> tuple[list[Block], str]:
     rows = _variant_rows(results, models, variants)
     counts = {k: sum(r["status"] == k for r in rows) for k in ("CERTIFIED", "BLOCKED", "SKIPPED", "PENDING")}
     overall = "RED" if counts["BLOCKED"] else "YELLOW" if counts["SKIPPED"] or counts["PENDING"] else "GREEN"
-    out = ["# apr-qa certification report", ""]
+    out: list[Block] = [("h1", "apr-qa certification report")]
     stop = stop_reason(results / "andon")
     if stop is not None:
-        out += [f"**LINE STOPPED** ({stop.get('policy')}): {stop.get('level')} in {stop.get('stage')} of "
-                f"{stop.get('subject')}: {stop.get('message')}", "",
-                "Review the cause (Five Whys), then `apr-qa andon reset` to restart the line.", ""]
-    out += [f"Overall: **{overall}** - " + ", ".join(f"{v} {k.lower()}" for k, v in counts.items()), ""]
+        out += [("p", f"**LINE STOPPED** ({stop.get('policy')}): {stop.get('level')} in {stop.get('stage')} of "
+                      f"{stop.get('subject')}: {stop.get('message')}"),
+                ("p", "Review the cause (Five Whys), then `apr-qa andon reset` to restart the line.")]
+    out += [("p", f"Overall: **{overall}** - " + ", ".join(f"{v} {k.lower()}" for k, v in counts.items()))]
 
-    out += ["## Status (Andon board)", ""]
+    out += [("h2", "Status (Andon board)")]
     table = []
     for r in rows:
         st = r["stages"]
@@ -94,10 +106,10 @@ def render(results: Path, models: list[str], variants: list[str], prompts: Path 
         elif r["status"] == "PENDING":
             why = f"{r['stage']} not run"
         table.append([r["model"], r["variant"], r["status"], *(COLOUR[st[s]["colour"]] for s in st), why])
-    out += [tabulate(table, ["model", "variant", "status", "download", "convert", "validate", "evaluate",
-                             "blocking gate / reason"], tablefmt="github"), ""]
+    out += [("table", ["model", "variant", "status", "download", "convert", "validate", "evaluate",
+                       "blocking gate / reason"], table)]
 
-    out += ["## Metrics", "", "Intervals are 95 % (Wilson for proportions, Student t for means).", ""]
+    out += [("h2", "Metrics"), ("p", "Intervals are 95 % (Wilson for proportions, Student t for means).")]
     table = []
     for r in rows:
         c, e = r["_convert"], r["_eval"]
@@ -111,10 +123,10 @@ def render(results: Path, models: list[str], variants: list[str], prompts: Path 
             _num(kld.get("mean") if isinstance(kld, dict) else None),
             _num(_get(e, "memory", "peak_bytes") and _get(e, "memory", "peak_bytes") / 2**20, ".0f"),
         ])
-    out += [tabulate(table, ["model", "variant", "size MB", "convert s", "params", "accuracy", "latency s",
-                             "logit agreement / cos min", "mean KLD", "peak MiB"], tablefmt="github"), ""]
+    out += [("table", ["model", "variant", "size MB", "convert s", "params", "accuracy", "latency s",
+                       "logit agreement / cos min", "mean KLD", "peak MiB"], table)]
 
-    out += ["## Gates", "", "Failed and warning gates (measured vs threshold); passing gates are counted.", ""]
+    out += [("h2", "Gates"), ("p", "Failed and warning gates (measured vs threshold); passing gates are counted.")]
     table = []
     for r in rows:
         for stage, s in r["stages"].items():
@@ -125,30 +137,216 @@ def render(results: Path, models: list[str], variants: list[str], prompts: Path 
             table.append([r["model"], r["variant"], stage, f"{len(gates) - len(bad)}/{len(gates)}",
                           "; ".join(f"{g['id']} {g.get('level', '')}: {_num(g.get('measured'))} vs "
                                     f"{_num(g.get('threshold'))}" for g in bad) or "-"])
-    out += [tabulate(table, ["model", "variant", "stage", "passed", "not passed"], tablefmt="github"), ""]
+    out += [("table", ["model", "variant", "stage", "passed", "not passed"], table)]
+    return out, overall
 
-    out += ["## Provenance", ""]
+
+def _tail(results: Path, models: list[str], variants: list[str], prompts: Path | None) -> list[Block]:
+    out: list[Block] = [("h2", "Provenance")]
     table = []
     for model in models:
         m = read_json(paths(results, model)["manifest"]) or {}
         table.append([model, m.get("repo", "-"), m.get("commit", "-"), m.get("status", "not downloaded"),
                       len(m.get("files", [])), _num(m.get("total_bytes") and m["total_bytes"] / 1e6, ".1f")])
-    out += [tabulate(table, ["model", "repo", "commit", "download", "files", "MB"], tablefmt="github"), ""]
+    out += [("table", ["model", "repo", "commit", "download", "files", "MB"], table)]
     if prompts is not None and prompts.exists():
-        out += [f"Golden set: `{prompts}` sha256 `{sha256_file(prompts)}`", ""]
+        out += [("p", f"Golden set: `{prompts}` sha256 `{sha256_file(prompts)}`")]
 
-    out += ["## Stack", ""]
+    out += [("h2", "Stack")]
     table = [[stage, v or "-", fingerprint(stage, v).split(":")[1]]
              for stage, (_, _, per_variant) in FP_STAGES.items() for v in (variants if per_variant else [None])]
-    out += [tabulate(table, ["stage", "variant", "fingerprint"], tablefmt="github"), ""]
-    out += ["Host: " + ", ".join([platform.node(), f"{platform.system()} {platform.release()}", platform.machine(),
-                                  f"{os.cpu_count()} CPUs", f"Python {platform.python_version()}"]), "",
-            "Versions: " + ", ".join(f"{d} {_version(d)}" for d in STACK), "",
-            f"Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC')}", ""]
-    return "\n".join(out), overall
+    out += [("table", ["stage", "variant", "fingerprint"], table)]
+    out += [("p", "Host: " + ", ".join([platform.node(), f"{platform.system()} {platform.release()}", platform.machine(),
+                                        f"{os.cpu_count()} CPUs", f"Python {platform.python_version()}"])),
+            ("p", "Versions: " + ", ".join(f"{d} {_version(d)}" for d in STACK)),
+            ("p", f"Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC')}")]
+    return out
+
+
+def _certifications(results: Path, models: list[str]) -> dict[str, tuple[dict[str, Any], list]]:
+    """Each model's certification (context, records), for those that have one."""
+    from ..certify.pipeline import load_records
+
+    out = {}
+    for model in models:
+        path = paths(results, model)["certification"]
+        if path.exists():
+            try:
+                ctx, records = load_records(path)
+            except AprQaError:
+                continue
+            if "mqs" in ctx:
+                out[model] = (ctx, records)
+    return out
+
+
+MAX_WHYS_PER_MODEL = 100  # the rest stay in the evidence file and junit.xml
+
+
+def _certification_blocks(results: Path, models: list[str], certs: dict, out_dir: Path) -> list[Block]:
+    from ..certify.mqs import GATEWAYS, category_of, outcome_of
+    from ..certify.pareto import analyze, points_from_certify
+
+    out: list[Block] = [("h2", "Certification"),
+                        ("p", "MQS raw 0-1000 over six categories; any failed gateway (G0-G4) zeroes it. "
+                              "Normalized = 100 log(1 + 9x) / log 10. Registry: `models.csv`; CI: `junit.xml`.")]
+    table = []
+    for model in models:
+        if model not in certs:
+            m = read_json(paths(results, model)["manifest"]) or {}
+            status = "SKIPPED" if m.get("status") == "skipped" else "PENDING"
+            table.append([model, m.get("repo", "-"), "-", "-", "-", "-", status, *("-" for _ in GATEWAYS),
+                          m.get("skip_reason") or "not certified in this run"])
+            continue
+        ctx, _ = certs[model]
+        mqs = ctx["mqs"]
+        gws = {g["id"]: g for g in mqs["gateways"]}
+        reason = "; ".join(f"{g['id']}: {g['reason']}" for g in mqs["gateways"] if not g["passed"])
+        if not reason and not ctx.get("tier_passed"):
+            reason = f"MQS {mqs['raw']} below the tier's {ctx.get('pass_threshold')}"
+        table.append([model, ctx["subject"], ctx.get("tier"), mqs["raw"], f"{mqs['normalized']:.1f}", mqs["grade"],
+                      mqs["status"], *("pass" if gws.get(g, {}).get("passed") else "FAIL" for g in GATEWAYS),
+                      reason[:300].replace("|", "/") or "-"])
+    statuses = [row[6] for row in table]
+    verdict = "RED" if "BLOCKED" in statuses else "GREEN" if set(statuses) <= {"CERTIFIED"} else "YELLOW"
+    out += [("p", f"Certification: **{verdict}** - " + ", ".join(
+        f"{statuses.count(k)} {k.lower()}" for k in ("CERTIFIED", "PROVISIONAL", "BLOCKED", "PENDING", "SKIPPED")
+        if statuses.count(k)) + " (the board above shows the stage gates per variant)")]
+    out += [("table", ["model", "model id", "tier", "MQS raw", "MQS norm", "grade", "status", *GATEWAYS,
+                       "blocking reason"], table)]
+
+    points, names = [], {}
+    for model, (ctx, records) in certs.items():
+        for p in points_from_certify(ctx, records):
+            named = type(p)(f"{model}/{p.name}", p.accuracy, p.latency_s, p.size_bytes, p.cost)
+            points.append(named)
+    rows = analyze(points)
+    out += [("h2", "Pareto frontier"),
+            ("p", "Accuracy (share of QUAL run scenarios passed) up, mean latency and file size down; "
+                  "value = accuracy x speed ratio against the frontier's most accurate point.")]
+    if rows:
+        out += [("table", ["variant", "accuracy", "latency s", "size MB", "frontier", "value", "dominated by"],
+                 [[r["name"], f"{r['accuracy']:.2f}", f"{r['latency_s']:.3f}", f"{r['size_bytes'] / 1e6:.1f}",
+                   "yes" if r["on_frontier"] else "no", f"{r['value_score']:.3f}", ", ".join(r["dominated_by"]) or "-"]
+                  for r in rows])]
+    else:
+        out += [("p", "No certified variant has scenario accuracy and latency to compare.")]
+    _pareto_plot(points, out_dir / "pareto.png", out_dir / "pareto.svg")
+    out += [("img", out_dir / "pareto.png", "Pareto frontier")]
+
+    out += [("h2", "Failures and their Five Whys"),
+            ("p", "Every failed gate, gateway and scenario of the certifications, with its root-cause chain "
+                  "derived from the evidence.")]
+    for model, (ctx, records) in certs.items():
+        failed = [r for r in records if not r.passed and outcome_of(r) != "skip"]
+        if not failed:
+            continue
+        out += [("h3", f"{model} ({ctx['subject']}): {len(failed)} failures")]
+        items = []
+        for r in failed[:MAX_WHYS_PER_MODEL]:
+            fw = r.details.get("five_whys") or {}
+            where = r.details.get("variant") or (r.details.get("scenario") or {}).get("variant")
+            head = (f"**{r.id}** ({category_of(r)}, {r.level}{', ' + where if where else ''}): measured "
+                    f"`{_num(r.measured)}`, threshold `{_num(r.threshold)}`")
+            subs = [f"why {i}: {w}" for i, w in enumerate(fw.get("whys", []), 1)]
+            if fw:
+                subs.append(f"root cause: {fw['root_cause']}; countermeasure: {fw['countermeasure']}")
+            items.append((head, subs))
+        out += [("list", items)]
+        if len(failed) > MAX_WHYS_PER_MODEL:
+            out += [("p", f"... and {len(failed) - MAX_WHYS_PER_MODEL} more in "
+                          f"`{paths(results, model)['certification']}`")]
+    return out
+
+
+def _pareto_plot(points: list, png: Path, svg: Path) -> None:
+    if points:
+        from ..certify.pareto import plot
+
+        plot(points, png, svg)
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 2), dpi=110)
+    ax.axis("off")
+    ax.text(0.5, 0.5, "no certified variant has accuracy and latency to compare", ha="center", va="center")
+    try:
+        for out, fmt in ((png, "png"), (svg, "svg")):
+            with atomic_path(out) as tmp:
+                fig.savefig(tmp, format=fmt)
+    finally:
+        plt.close(fig)
+
+
+def to_markdown(blocks: list[Block], base: Path) -> str:
+    out: list[str] = []
+    for b in blocks:
+        kind = b[0]
+        if kind in ("h1", "h2", "h3"):
+            out += [f"{'#' * int(kind[1])} {b[1]}", ""]
+        elif kind == "p":
+            out += [b[1], ""]
+        elif kind == "table":
+            out += [tabulate(b[2], b[1], tablefmt="github"), ""]
+        elif kind == "list":
+            for text, subs in b[1]:
+                out.append(f"- {text}")
+                out += [f"  - {s}" for s in subs]
+            out.append("")
+        elif kind == "img":
+            out += [f"![{b[2]}]({os.path.relpath(b[1], base)})", ""]
+    return "\n".join(out)
+
+
+def _inline(text: str) -> str:
+    text = html.escape(text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
+def to_html(blocks: list[Block]) -> str:
+    parts: list[str] = []
+    for b in blocks:
+        kind = b[0]
+        if kind in ("h1", "h2", "h3"):
+            parts.append(f"<{kind}>{html.escape(b[1])}</{kind}>")
+        elif kind == "p":
+            parts.append(f"<p>{_inline(b[1])}</p>")
+        elif kind == "table":  # tabulate's html format escapes every cell
+            parts.append(tabulate(b[2], b[1], tablefmt="html"))
+        elif kind == "list":
+            parts.append("<ul>" + "".join(
+                f"<li><details><summary>{_inline(t)}</summary><ol>{''.join(f'<li>{_inline(s)}</li>' for s in subs)}"
+                f"</ol></details></li>" if subs else f"<li>{_inline(t)}</li>" for t, subs in b[1]) + "</ul>")
+        elif kind == "img":
+            data = base64.b64encode(Path(b[1]).read_bytes()).decode("ascii")
+            parts.append(f'<img alt="{html.escape(b[2])}" src="data:image/png;base64,{data}">')
+    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
+             "td,th{border:1px solid #ccc;padding:2px 6px;font-size:90%;text-align:left}")
+    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>apr-qa certification report</title>"
+            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n")
+
+
+def render_blocks(results: Path, models: list[str], variants: list[str], prompts: Path | None,
+                  out_dir: Path) -> tuple[list[Block], str]:
+    blocks, overall = _board(results, models, variants, prompts)
+    certs = _certifications(results, models)
+    if certs:
+        blocks += _certification_blocks(results, models, certs, out_dir)
+    return blocks + _tail(results, models, variants, prompts), overall
+
+
+def render(results: Path, models: list[str], variants: list[str], prompts: Path | None) -> tuple[str, str]:
+    blocks, overall = render_blocks(results, models, variants, prompts, results)
+    return to_markdown(blocks, results), overall
 
 
 def write_report(results: Path, models: list[str], variants: list[str], out: Path, prompts: Path | None) -> str:
-    text, overall = render(results, models, variants, prompts)
-    write_text_atomic(out, text)
+    """report.md at `out` and report.html beside it (plus pareto.png/.svg when there are certifications)."""
+    blocks, overall = render_blocks(results, models, variants, prompts, out.parent)
+    write_text_atomic(out, to_markdown(blocks, out.parent))
+    write_text_atomic(out.with_suffix(".html"), to_html(blocks))
     return overall
