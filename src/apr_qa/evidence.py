@@ -66,10 +66,11 @@ def failure_lines(records: Iterable[Evidence], subject: str) -> list[str]:
 
 def write_evidence(path: str | Path, records: list[Evidence], **context: Any) -> None:
     payload = {**context, "gates": [r.to_dict() for r in records]}
-    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=False, default=_jsonable) + "\n")
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=False, default=jsonable) + "\n")
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """json.dumps `default`: numpy scalars and paths."""
     if hasattr(value, "item"):
         return value.item()
     if isinstance(value, Path):

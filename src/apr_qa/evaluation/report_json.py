@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import AprQaError
-from ..evidence import Evidence, exit_code, worst_level
+from ..evidence import Evidence, exit_code, jsonable, worst_level
 from ..fsutil import write_text_atomic
 from .prompts import GoldenSet
 from .protocol import EvalOptions
@@ -86,18 +86,10 @@ def stable_view(report: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
 def write_report(path: str | Path, report: dict[str, Any]) -> None:
     # allow_nan=False: a NaN metric is a bug to surface, not a value to pass downstream
     try:
-        text = json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False, default=_jsonable)
+        text = json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False, default=jsonable)
     except ValueError as exc:
         raise AprQaError(f"evaluation report not written: {exc}", path) from None
     write_text_atomic(path, text + "\n")
