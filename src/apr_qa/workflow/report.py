@@ -109,22 +109,29 @@ def _board(results: Path, models: list[str], variants: list[str], prompts: Path 
     out += [("table", ["model", "variant", "status", "download", "convert", "validate", "evaluate",
                        "blocking gate / reason"], table)]
 
-    out += [("h2", "Metrics"), ("p", "Intervals are 95 % (Wilson for proportions, Student t for means).")]
+    out += [("h2", "Metrics"), ("p", "Intervals are 95 % (Wilson for proportions, Student t for means). "
+             "Accuracy: seeded sampling runs (and the greedy pass); logit consistency against the source "
+             "weights at fp32: spec 7.4 agreement rate (encoders: min embedding cosine), llama.cpp-style "
+             "mean KLD +- SE, same top-1 rate, RMS of the reference token's probability change.")]
     table = []
     for r in rows:
         c, e = r["_convert"], r["_eval"]
         lc = _get(e, "logit_consistency", "spec_7_4") or _get(e, "embedding_consistency") or {}
-        kld = _get(e, "logit_consistency", "kl_divergence") or {}
+        kl = _get(e, "logit_consistency", "kl_divergence") or {}
+        kld = kl.get("kld") or {}
         table.append([
             r["model"], r["variant"], _num(r["_size"] / 1e6 if r["_size"] else None, ".1f"),
             _num(c.get("seconds"), ".1f"), _num(c.get("param_count"), ","),
-            _with_ci(_get(e, "accuracy", "overall")), _with_ci(e.get("latency")),
+            _with_ci(_get(e, "accuracy", "overall")), _num(_get(e, "accuracy", "greedy", "value")),
+            _with_ci(e.get("latency")), _with_ci(_get(e, "throughput", "decode_tokens_per_s")),
             _num(lc.get("agreement_rate", lc.get("cosine_min"))),
-            _num(kld.get("mean") if isinstance(kld, dict) else None),
+            f"{kld['mean']:.3g} +- {kld['se']:.2g}" if "mean" in kld else "-",
+            _num(_get(kl, "same_top1", "rate")), _num(_get(kl, "delta_p", "rms")),
             _num(_get(e, "memory", "peak_bytes") and _get(e, "memory", "peak_bytes") / 2**20, ".0f"),
         ])
-    out += [("table", ["model", "variant", "size MB", "convert s", "params", "accuracy", "latency s",
-                       "logit agreement / cos min", "mean KLD", "peak MiB"], table)]
+    out += [("table", ["model", "variant", "size MB", "convert s", "params", "accuracy", "greedy acc",
+                       "latency s", "decode tok/s", "7.4 agreement / cos min", "mean KLD", "same top-1",
+                       "RMS dp", "peak MiB"], table)]
 
     out += [("h2", "Gates"), ("p", "Failed and warning gates (measured vs threshold); passing gates are counted.")]
     table = []
