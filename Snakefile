@@ -23,6 +23,7 @@ include: "rules/convert.smk"
 include: "rules/validate.smk"
 include: "rules/evaluate.smk"
 include: "rules/certify.smk"
+include: "rules/oracle.smk"
 include: "rules/report.smk"
 
 

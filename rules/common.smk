@@ -91,6 +91,8 @@ EVALUATION = f"{RESULTS}/evaluate/{{model}}/{{variant}}.json"
 MARKER = f"{RESULTS}/gates/{{stage}}/{{model}}/{{variant}}.ok"
 SUMMARY = f"{RESULTS}/certify/{{model}}/{{variant}}.json"
 CERTIFICATION = f"{RESULTS}/certify/{{model}}/evidence.json"
+ORACLE = f"{RESULTS}/oracle/{{model}}.json"
+ORACLE_ON = bool(config.get("oracle", False))
 # Certification outputs of the report rule (with a tier); report.html is written in either mode.
 REPORT_HTML = f"{RESULTS}/report.html"
 MODELS_CSV, JUNIT = f"{RESULTS}/models.csv", f"{RESULTS}/junit.xml"
@@ -190,6 +192,11 @@ def write_report_after_failure():
 def certified_summaries(wildcards):
     """Summaries of every variant of every model its download did not skip."""
     return [ancient(SUMMARY.format(model=m, variant=v)) for m in MODELS if downloaded(m) for v in VARIANTS[m]]
+
+
+def oracles(wildcards):
+    """The runtime-oracle record of every downloaded model (none unless `oracle: true`)."""
+    return [ORACLE.format(model=m) for m in MODELS if ORACLE_ON and downloaded(m)]
 
 
 def certifications(wildcards):

@@ -9,6 +9,7 @@ rule report:
     input:
         certified_summaries,
         certifications,
+        oracles,
         manifests=[ancient(MANIFEST.format(model=m)) for m in MODELS],
         prompts=config["evaluation"]["prompts"],
     output:

@@ -54,3 +54,21 @@ def test_a_wrong_runtime_is_reported(tiny_llama, tmp_path, monkeypatch):
 def test_smollm2_gguf_matches(smollm2_gguf, tmp_path):
     code, record = oracle(smollm2_gguf, tmp_path)
     assert code == 0, record
+
+
+def test_report_shows_a_disagreeing_runtime(tiny_llama, tmp_path, monkeypatch):
+    import apr_qa.runtime.llama as llama
+
+    results = tmp_path / "results"
+    (results / "oracle").mkdir(parents=True)
+    assert main(["oracle", str(tiny_llama), "--prompts", ROOT_PROMPTS, "--json", str(results / "oracle/good.json")]) == 0
+    monkeypatch.setattr(llama, "F", _SkewedNorm(llama.F))
+    assert main(["oracle", str(tiny_llama), "--prompts", ROOT_PROMPTS, "--record-only",
+                 "--json", str(results / "oracle/bad.json")]) == 0  # recorded, the report carries it
+    out = tmp_path / "report.md"
+    main(["report", "--results", str(results), "--models", "good,bad", "--variants", "f16", "--out", str(out)])
+    text = out.read_text()
+    section = text[text.index("## Runtime oracle"):]
+    good = next(line for line in section.splitlines() if line.startswith("| good"))
+    bad = next(line for line in section.splitlines() if line.startswith("| bad"))
+    assert "pass" in good and "RED: runtime disagrees" in bad and "DISAGREES" in bad

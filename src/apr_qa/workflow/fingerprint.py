@@ -37,6 +37,8 @@ STAGES: dict[str, tuple[list[str], list[str], bool]] = {
     "validate": (["validate.py", "precision.py", "evidence.py", *CONVERTER], ["numpy", "gguf", "safetensors", "pyyaml"], True),
     "evaluate": (["runtime/", "evaluation/", "commands/evaluate.py", "evidence.py", *READERS, *CORE],
                  ["torch", "numpy", "tokenizers", "gguf", "safetensors", "pyyaml", "scipy"], True),
+    "oracle": (["runtime/", "evaluation/oracle.py", "evaluation/prompts.py", "commands/oracle.py", *READERS, *CORE],
+               ["torch", "transformers", "tokenizers", "gguf", "safetensors"], False),
     "gate": (["workflow/andon.py", "evidence.py"], [], False),
     "certify": (["workflow/certify.py", "evidence.py"], [], False),
     "report": (["workflow/report.py", "workflow/certify.py", "certify/", "commands/certify.py"],

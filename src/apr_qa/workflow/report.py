@@ -148,8 +148,24 @@ def _board(results: Path, models: list[str], variants: list[str], prompts: Path 
     return out, overall
 
 
+def _oracle_blocks(results: Path, models: list[str]) -> list[Block]:
+    """Our runtime vs transformers on each source (apr-qa oracle), when the workflow ran it."""
+    records = {m: read_json(results / "oracle" / f"{m}.json") for m in models}
+    rows = [[m, r.get("compared", "-"), _num(r.get("max_relative_diff")), _num(r.get("relative_limit")),
+             "RED: runtime disagrees" if r.get("passed") is False else r.get("status", "-"),
+             r.get("verdict") or r.get("reason", "")]
+            for m, r in records.items() if r]
+    if not rows:
+        return []
+    return [("h2", "Runtime oracle"),
+            ("p", "Our fp32 runtime against HuggingFace transformers on each source's weights (max |diff| "
+                  "relative to the reference's value range). A failure means the runtime is wrong and every "
+                  "evaluation above is suspect."),
+            ("table", ["model", "compared", "max relative diff", "limit", "status", "verdict"], rows)]
+
+
 def _tail(results: Path, models: list[str], variants: list[str], prompts: Path | None) -> list[Block]:
-    out: list[Block] = [("h2", "Provenance")]
+    out: list[Block] = _oracle_blocks(results, models) + [("h2", "Provenance")]
     table = []
     for model in models:
         m = read_json(paths(results, model)["manifest"]) or {}
