@@ -111,11 +111,32 @@ def digest(template, key=None):
         path = template.format(**dict(wildcards))
         if not os.path.exists(path):
             return "pending"
-        return key(path) if key else checksums.sha256(path)
+        return key(path) if key else file_sha256(path)
 
     return par
 
 
+def per_file_version(read):
+    """read(path), once per version of the file. Planning asks many jobs' params for the same
+    manifest or digest; a checkpoint that rewrites the file changes its stat key (the checksum
+    cache's: size, mtime, ctime, inode), so a re-evaluation after it reads the new bytes.
+    Callers share the result: they must not modify it."""
+    memo = {}
+
+    def cached(path):
+        st = os.stat(path)
+        key = (os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        if key not in memo:
+            memo[key] = read(path)
+        return memo[key]
+
+    return cached
+
+
+file_sha256 = per_file_version(checksums.sha256)
+
+
+@per_file_version
 def read_json(path):
     with open(path) as f:
         return json.load(f)
@@ -211,7 +232,7 @@ def model_digest(wildcards):
         wc = {"model": wildcards.model, "variant": v}
         sha = APR_SHA.format(**wc)
         parts.append(recorded_sha256(sha) if os.path.exists(sha) else "pending")
-        parts += [checksums.sha256(p) if os.path.exists(p) else "pending"
+        parts += [file_sha256(p) if os.path.exists(p) else "pending"
                   for p in (EVIDENCE.format(**wc), EVALUATION.format(**wc))]
     manifest = MANIFEST.format(model=wildcards.model)
     parts.append(weights_digest(manifest) if os.path.exists(manifest) else "pending")
@@ -220,4 +241,4 @@ def model_digest(wildcards):
 
 def summaries_digest(wildcards):
     paths = [SUMMARY.format(model=m, variant=v) for m in MODELS for v in VARIANTS[m]]
-    return ",".join(checksums.sha256(p) if os.path.exists(p) else "pending" for p in paths)
+    return ",".join(file_sha256(p) if os.path.exists(p) else "pending" for p in paths)

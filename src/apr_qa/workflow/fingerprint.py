@@ -3,7 +3,8 @@
 Each workflow rule carries its stage's fingerprint as a string param, so Snakemake reruns a job when
 (and only when) that code or library changed. The lists are explicit rather than traced: a traced
 import graph would pull in every quantizer for every variant (quant/__init__ imports them all),
-while a q4_0 file depends only on the q4_0 codec. Parse-time cost is hashing ~50 small files.
+while a q4_0 file depends only on the q4_0 codec. Each (stage, variant) is computed once per process:
+planning asks for it from every job, and the code cannot change under a running Snakemake.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ def _file_digest(path: Path) -> bytes:
     return hashlib.sha256(path.read_bytes()).digest()
 
 
+@functools.cache
 def fingerprint(stage: str, variant: str | None = None) -> str:
     """`<stage>:<16 hex>` over the files' relative paths and contents and the versions."""
     files, versions = components(stage, variant)
