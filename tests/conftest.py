@@ -56,10 +56,7 @@ def tiny_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("tiny")
 
 
-def _once(path: Path, build):
-    if not path.exists():
-        build(path)
-    return path
+_once = tiny_models.once
 
 
 @pytest.fixture(scope="session")

@@ -43,7 +43,7 @@ class _SkewedNorm:
 
 
 def test_a_wrong_runtime_is_reported(tiny_llama, tmp_path, monkeypatch):
-    import apr_qa.runtime.llama as llama
+    import apr_qa.runtime.norms as llama
 
     monkeypatch.setattr(llama, "F", _SkewedNorm(llama.F))  # only our runtime's view of F changes
     code, record = oracle(tiny_llama, tmp_path)
@@ -57,7 +57,7 @@ def test_smollm2_gguf_matches(smollm2_gguf, tmp_path):
 
 
 def test_report_shows_a_disagreeing_runtime(tiny_llama, tmp_path, monkeypatch):
-    import apr_qa.runtime.llama as llama
+    import apr_qa.runtime.norms as llama
 
     results = tmp_path / "results"
     (results / "oracle").mkdir(parents=True)

@@ -190,9 +190,9 @@ def test_unknown_architecture_is_named(tiny_llama, tmp_path):
     folder = tmp_path / "odd"
     shutil.copytree(tiny_llama, folder)
     cfg = json.loads((folder / "config.json").read_text())
-    cfg["architectures"] = ["FalconForCausalLM"]
+    cfg["architectures"] = ["GPTJForCausalLM"]
     (folder / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(UnsupportedError, match="FalconForCausalLM"):
+    with pytest.raises(UnsupportedError, match="GPTJForCausalLM"):
         load_model(folder)
 
 

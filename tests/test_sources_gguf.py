@@ -15,7 +15,7 @@ from tokenizers import Tokenizer
 from apr_qa.dtypes import DType
 from apr_qa.errors import FormatError, UnsupportedError
 from apr_qa.sources import detect_format, open_source
-from apr_qa.sources.gguf_source import unpermute_rows
+from apr_qa.arch.base import interleaved_rows as unpermute_rows
 from tiny_models import TOKENIZER_PROMPTS as PROMPTS
 from tiny_models import permute
 
@@ -101,6 +101,7 @@ def _write_kquant_gguf(path, rng):
     w.add_feed_forward_length(256)
     w.add_head_count(4)
     w.add_head_count_kv(2)
+    w.add_vocab_size(64)
     blocks = {}
     for name, qt, rows in [("blk.0.attn_q.weight", GT.Q6_K, 256), ("blk.0.attn_k.weight", GT.Q4_K, 128)]:
         bsize = gguf.GGML_QUANT_SIZES[qt][1]
@@ -222,8 +223,8 @@ def test_gguf_bad_magic(tiny_gguf, tmp_path):
 
 
 def test_unsupported_architecture(tmp_path):
-    f = tmp_path / "gpt2.gguf"
-    w = gguf.GGUFWriter(f, "gpt2")
+    f = tmp_path / "mamba.gguf"
+    w = gguf.GGUFWriter(f, "mamba")
     w.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
@@ -231,7 +232,7 @@ def test_unsupported_architecture(tmp_path):
     w.close()
     with pytest.raises(UnsupportedError) as e:
         open_source(f)
-    assert "gpt2" in _one_line_naming(e, f)
+    assert "mamba" in _one_line_naming(e, f)
 
 
 def test_unsupported_tokenizer_model(tmp_path):

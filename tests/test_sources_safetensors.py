@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from apr_qa.dtypes import DType
 from apr_qa.errors import FormatError
 from apr_qa.sources import detect_format, open_source
+from apr_qa.sources.safetensors_source import SafetensorsSource
 
 
 def _reference(folder) -> dict[str, torch.Tensor]:
@@ -173,8 +174,11 @@ def test_nothing_recognised(tmp_path):
 @pytest.mark.real_model
 def test_real_minilm_equals_safetensors_library(minilm_dir):
     ref = load_file(minilm_dir / "model.safetensors")
-    src = open_source(minilm_dir)
+    src = SafetensorsSource(minilm_dir)  # the reader itself: every stored tensor, buffers included
     assert src.config["model_type"] == "bert" and src.tokenizer_json is not None
     assert {t.name for t in src.tensors()} == set(ref)
     for name, t in ref.items():
         assert np.array_equal(src.load(name), t.float().numpy()), name
+    canonical = open_source(minilm_dir)  # what the stack sees: parameters only
+    assert {t.name for t in canonical.tensors()} == set(ref) - {"embeddings.position_ids"}
+    assert any("embeddings.position_ids" in note for note in canonical.notes)

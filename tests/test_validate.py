@@ -13,7 +13,7 @@ from apr_qa.apr import AprReader
 from apr_qa.cli import main
 from apr_qa.dtypes import DType
 
-ALL_GATES = {"C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "V1", "V2", "I-2", "I-3", "I-4"}
+ALL_GATES = {"C0", "C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "V1", "V2", "I-2", "I-3", "I-4"}
 
 
 def run_validate(apr, source, tmp_path, *extra):

@@ -50,6 +50,13 @@ TOKENIZER_PROMPTS = [
 ]
 
 
+def once(path: Path, build) -> Path:
+    """`build(path)` unless a previous test of the session already did (tiny models are shared)."""
+    if not path.exists():
+        build(path)
+    return path
+
+
 def write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
 
@@ -103,31 +110,38 @@ def _save_safetensors(state: dict, folder: Path, shards: int) -> None:
     write_json(folder / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
 
 
-def llama_config(vocab_size: int, num_kv_heads: int = 2, tie_embeddings: bool = False) -> dict:
-    """config.json of the tiny llama, in the plain HF spelling every transformers version reads."""
+LLAMA_FAMILY = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+
+
+def llama_config(vocab_size: int, num_kv_heads: int = 2, tie_embeddings: bool = False, *, hidden: int = 64,
+                 heads: int = 4, head_dim: int = 16, model_type: str = "llama", **extra) -> dict:
+    """config.json of the tiny llama-family model, in the plain HF spelling every transformers version reads."""
     return {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
-        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "num_key_value_heads": num_kv_heads, "head_dim": 16, "max_position_embeddings": 256,
+        "architectures": [LLAMA_FAMILY[model_type]], "model_type": model_type, "hidden_act": "silu",
+        "hidden_size": hidden, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": heads,
+        "num_key_value_heads": num_kv_heads, "head_dim": head_dim, "max_position_embeddings": 256,
         "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "vocab_size": vocab_size,
         "tie_word_embeddings": tie_embeddings, "attention_bias": False, "mlp_bias": False,
-        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2, "initializer_range": 0.02,
+        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2, "initializer_range": 0.02, **extra,
     }
 
 
 def make_tiny_llama(folder, *, num_kv_heads: int = 2, tie_embeddings: bool = False, shards: int = 1,
-                    dtype=None, seed: int = 0) -> Path:
-    """HF LlamaForCausalLM folder: hidden 64, 2 layers, 4 heads (GQA with `num_kv_heads`)."""
+                    dtype=None, seed: int = 0, **config) -> Path:
+    """HF LlamaForCausalLM folder: hidden 64, 2 layers, 4 heads (GQA with `num_kv_heads`). `config`
+    overrides llama_config's keywords (hidden, heads, head_dim, model_type for Mistral/Qwen2, or any
+    config.json key such as rope_scaling or sliding_window)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    import transformers
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     dtype = dtype or torch.float32
     tok = train_byte_level_bpe()
-    cfg = llama_config(tok.get_vocab_size(), num_kv_heads, tie_embeddings)
+    cfg = llama_config(tok.get_vocab_size(), num_kv_heads, tie_embeddings, **config)
     torch.manual_seed(seed)
-    state = _seeded_state(LlamaForCausalLM(LlamaConfig(**cfg)), seed)
+    hf_model = getattr(transformers, cfg["architectures"][0])(transformers.AutoConfig.for_model(**cfg))
+    state = _seeded_state(hf_model, seed)
     if tie_embeddings:
         state.pop("lm_head.weight")  # HF checkpoints of tied models do not store it
     _save_safetensors({n: t.to(dtype) for n, t in state.items()}, folder, shards)
@@ -206,6 +220,38 @@ def permute(w: np.ndarray, n_head: int, n_head_kv: int | None = None) -> np.ndar
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def add_bpe_tokenizer(writer, hf_dir, pre: str = "smollm") -> None:
+    """The tokenizer.ggml.* keys of an HF byte-level BPE folder, as convert_hf_to_gguf.py's
+    _set_vocab_gpt2 + gguf.SpecialVocab write them: tokens (added tokens CONTROL when special,
+    else USER_DEFINED), types, merges, the special ids tokenizer_config.json names, add_bos_token
+    and the chat template when present. `pre`: llama.cpp's name for the pre-tokenizer ("smollm" =
+    digits isolated, then the GPT-2 split; "gpt-2" = the GPT-2 split alone)."""
+    import gguf
+
+    hf_dir = Path(hf_dir)
+    tok = json.loads((hf_dir / "tokenizer.json").read_text())
+    tok_cfg = json.loads((hf_dir / "tokenizer_config.json").read_text())
+    vocab = {i: t for t, i in tok["model"]["vocab"].items()}
+    types = dict.fromkeys(vocab, gguf.TokenType.NORMAL)
+    for added in tok["added_tokens"]:
+        vocab[added["id"]] = added["content"]
+        types[added["id"]] = gguf.TokenType.CONTROL if added["special"] else gguf.TokenType.USER_DEFINED
+    ids = range(len(vocab))
+    token_id = {t: i for i, t in vocab.items()}
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list([vocab[i] for i in ids])
+    writer.add_token_types([types[i] for i in ids])
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]])
+    for key, add in (("bos_token", writer.add_bos_token_id), ("eos_token", writer.add_eos_token_id),
+                     ("unk_token", writer.add_unk_token_id), ("pad_token", writer.add_pad_token_id)):
+        if (token := tok_cfg.get(key)) is not None:
+            add(token_id[token if isinstance(token, str) else token["content"]])
+    writer.add_add_bos_token(bool(tok_cfg.get("add_bos_token", False)))
+    if tok_cfg.get("chat_template"):
+        writer.add_chat_template(tok_cfg["chat_template"])
+
+
 def make_tiny_gguf(hf_dir, out_path, *, qtype: str = "F32") -> Path:
     """A llama GGUF of the HF folder written the way convert_hf_to_gguf.py writes it: GGUF names,
     Q/K permuted, GGML dims, tokenizer.ggml.* keys with merges and chat template. 1-D tensors stay
@@ -213,17 +259,14 @@ def make_tiny_gguf(hf_dir, out_path, *, qtype: str = "F32") -> Path:
     import gguf
     from safetensors.torch import load_file
 
-    from apr_qa.sources.gguf_names import hf_to_gguf
-
     hf_dir, out_path = Path(hf_dir), Path(out_path)
     cfg = json.loads((hf_dir / "config.json").read_text())
-    tok = json.loads((hf_dir / "tokenizer.json").read_text())
-    tok_cfg = json.loads((hf_dir / "tokenizer_config.json").read_text())
     state = {}
     for f in sorted(hf_dir.glob("*.safetensors")):
         state.update({n: t.float().numpy() for n, t in load_file(f).items()})
 
     heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    names = gguf.TensorNameMap(gguf.MODEL_ARCH.LLAMA, cfg["num_hidden_layers"])  # as convert_hf_to_gguf.py maps
     writer = gguf.GGUFWriter(out_path, "llama")
     writer.add_name("tiny-llama")
     writer.add_block_count(cfg["num_hidden_layers"])
@@ -237,24 +280,7 @@ def make_tiny_gguf(hf_dir, out_path, *, qtype: str = "F32") -> Path:
     writer.add_rope_dimension_count(cfg["hidden_size"] // heads)
     writer.add_vocab_size(cfg["vocab_size"])
 
-    vocab = {i: t for t, i in tok["model"]["vocab"].items()}
-    types = dict.fromkeys(vocab, gguf.TokenType.NORMAL)
-    for added in tok["added_tokens"]:
-        vocab[added["id"]] = added["content"]
-        types[added["id"]] = gguf.TokenType.CONTROL if added["special"] else gguf.TokenType.USER_DEFINED
-    ids = range(len(vocab))
-    token_id = {t: i for i, t in vocab.items()}
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("smollm")
-    writer.add_token_list([vocab[i] for i in ids])
-    writer.add_token_types([types[i] for i in ids])
-    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]])
-    writer.add_bos_token_id(token_id[tok_cfg["bos_token"]])
-    writer.add_eos_token_id(token_id[tok_cfg["eos_token"]])
-    writer.add_unk_token_id(token_id[tok_cfg["unk_token"]])
-    writer.add_pad_token_id(token_id[tok_cfg["pad_token"]])
-    writer.add_add_bos_token(False)
-    writer.add_chat_template(tok_cfg["chat_template"])
+    add_bpe_tokenizer(writer, hf_dir)
 
     qt = gguf.GGMLQuantizationType[qtype]
     for name, w in state.items():
@@ -262,7 +288,7 @@ def make_tiny_gguf(hf_dir, out_path, *, qtype: str = "F32") -> Path:
             w = permute(w, heads, heads)
         elif name.endswith("k_proj.weight"):
             w = permute(w, heads, kv)
-        gname = hf_to_gguf(name)
+        gname = names.get_name(name, try_suffixes=(".weight", ".bias"))
         if w.ndim == 1 or qt == gguf.GGMLQuantizationType.F32:
             writer.add_tensor(gname, np.ascontiguousarray(w, dtype=np.float32))
         elif qt == gguf.GGMLQuantizationType.F16:

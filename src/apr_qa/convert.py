@@ -15,15 +15,12 @@ import numpy as np
 
 from .apr import AprWriter, TensorEntry
 from .dtypes import QUANT_LEVELS, DType
-from .errors import AprQaError, FormatError, UnsupportedError
+from .errors import AprQaError, FormatError
 from .fsutil import sha256_file
-from .metadata import converter_info, quantization_info, typed_keys_from_config
+from .arch import Architecture, UnsupportedArchitecture
+from .metadata import converter_info, quantization_info, typed_keys
 from .sources import open_source
 from .sources.base import TensorInfo, WeightSource
-
-# Integer tensors in checkpoints are buffers (e.g. BERT's position_ids = arange), not parameters.
-BUFFER_DTYPES = {"I8", "I16", "I32", "I64", "U8", "U16", "U32", "U64", "BOOL"}
-
 
 @dataclass
 class ConversionResult:
@@ -36,43 +33,32 @@ class ConversionResult:
     notes: list[str] = field(default_factory=list)
 
 
-def is_buffer(info: TensorInfo) -> bool:
-    return info.dtype.upper() in BUFFER_DTYPES
+def target_dtype(arch: Architecture, info: TensorInfo, level: DType) -> tuple[DType, str | None]:
+    """The dtype a tensor is stored in for a quantization level, and why it differs from the level.
 
-
-# Matrices llama.cpp never block-quantizes (llama-quant.cpp): BERT's position and token-type
-# embeddings. They are small and a few rows carry the whole signal.
-NOT_BLOCK_QUANTIZED = ("position_embeddings.weight", "token_type_embeddings.weight")
-
-
-def target_dtype(info: TensorInfo, level: DType) -> DType:
-    """The dtype a tensor is stored in for a quantization level.
-
-    1-D tensors (norms, biases) stay F32 at every level, as llama.cpp does: they are tiny and
-    precision-sensitive. Matrices take the level's dtype, except the few llama.cpp keeps unquantized,
-    which stay F32 at block levels. A 32-wide block type needs whole blocks per row; K-quants pad
-    rows to whole super-blocks instead (format reference).
+    As llama.cpp's quantizer does: 1-D tensors (norms, biases) stay F32 at every level, being tiny and
+    precision-sensitive; matrices the architecture keeps unquantized (position embeddings, token
+    types) stay F32 at block levels; a matrix whose rows are not whole 32-value blocks cannot be
+    Q8_0/Q4_0 and falls back to F16. K-quants pad rows to whole super-blocks instead (.apr layout).
     """
     if len(info.shape) < 2 or level == DType.F32:
-        return DType.F32
-    if level.is_quantized and info.name.endswith(NOT_BLOCK_QUANTIZED):
-        return DType.F32
+        return DType.F32, None
+    if level.is_quantized and arch.keep_unquantized(info.name):
+        return DType.F32, None
     if level in (DType.Q8_0, DType.Q4_0) and info.shape[-1] % level.block_elems:
-        raise UnsupportedError(
-            f"tensor {info.name!r} has rows of {info.shape[-1]} values, not a multiple of "
-            f"{level.block_elems} required by {level.name}"
-        )
-    return level
+        return DType.F16, (f"{info.name}: rows of {info.shape[-1]} values are not whole {level.block_elems}-value "
+                           f"{level.name} blocks; stored as F16 (llama.cpp's fallback)")
+    return level, None
 
 
-def stored_dtype(info: TensorInfo, level: DType) -> DType:
+def stored_dtype(arch: Architecture, info: TensorInfo, level: DType) -> tuple[DType, str | None]:
     """`target_dtype`, except that a Q6_K source tensor asked to become Q4_K is copied as Q6_K:
     keeping the better blocks beats quantizing quantized values twice (llama.cpp's Q4_K_M keeps
     Q6_K tensors too)."""
-    wanted = target_dtype(info, level)
+    wanted, note = target_dtype(arch, info, level)
     if info.dtype.upper() == "Q6_K" and wanted == DType.Q4_K:
-        return DType.Q6_K
-    return wanted
+        return DType.Q6_K, None
+    return wanted, note
 
 
 def provenance_of(source: WeightSource, manifest: dict[str, Any] | None) -> dict[str, Any]:
@@ -94,11 +80,11 @@ def build_metadata(
     manifest: dict[str, Any] | None,
 ) -> dict[str, Any]:
     config = source.config
-    meta: dict[str, Any] = typed_keys_from_config(config)
+    arch: Architecture = source.arch
+    meta: dict[str, Any] = typed_keys(arch)
     counts: dict[str, int] = {}
     for entry in plan:
         counts[entry.dtype.name] = counts.get(entry.dtype.name, 0) + 1
-    names = {e.name for e in plan}
     meta.update(
         {
             "name": (manifest or {}).get("repo") or source.path.stem,
@@ -106,10 +92,7 @@ def build_metadata(
             "original_format": source.format,
             "source": (manifest or {}).get("repo") or source.path.name,
             "hf_config": config,
-            "tied_embeddings": bool(config.get("tie_word_embeddings", False)) or (
-                "lm_head.weight" not in names and config.get("model_type") not in ("bert",)
-                and "model.embed_tokens.weight" in names
-            ),
+            "tied_embeddings": arch.hp.tied_embeddings,
             "quantization": quantization_info(quant, QUANT_LEVELS[quant].name, counts),
             "provenance": provenance_of(source, manifest),
             "converter": converter_info(),
@@ -119,6 +102,8 @@ def build_metadata(
     tok_cfg = source.tokenizer_config or {}
     if tok_cfg.get("chat_template"):
         meta["chat_template"] = tok_cfg["chat_template"]
+    if getattr(source, "pooling_config", None):
+        meta["pooling"] = source.pooling_config
     if source.tokenizer_json is not None:
         meta["tokenizer.json"] = source.tokenizer_json
         meta["tokenizer.config"] = tok_cfg
@@ -158,14 +143,18 @@ def convert(
 
     level = QUANT_LEVELS[quant]
     started = time.perf_counter()
-    source = open_source(source_path, allow_pickle=allow_pickle)
     try:
-        infos = source.tensors()
+        source = open_source(source_path, allow_pickle=allow_pickle)
+    except UnsupportedArchitecture as exc:  # refused before anything is written, not green until run time
+        raise UnsupportedArchitecture(f"gate C0 (architecture supported) failed: {exc}") from None
+    try:
         notes = list(source.notes)
-        buffers = [t.name for t in infos if is_buffer(t)]
-        if buffers:
-            notes.append(f"integer buffers not stored (not parameters): {', '.join(buffers)}")
-        plan = [TensorEntry(t.name, stored_dtype(t, level), tuple(t.shape)) for t in infos if not is_buffer(t)]
+        plan = []
+        for info in source.tensors():
+            dtype, note = stored_dtype(source.arch, info, level)
+            plan.append(TensorEntry(info.name, dtype, tuple(info.shape)))
+            if note:
+                notes.append(note)
         if not plan:
             raise AprQaError("source has no floating-point tensors", source.path)
         meta = build_metadata(source, plan, quant, notes, manifest)

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from . import __version__
+from .arch import Architecture
 
 # Typed keys (reader-known) with the JSON type each must have when present.
 TYPED_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -54,28 +55,30 @@ REQUIRED_KEYS = (
 DTYPE_CODE_CONVENTION = "ggml: 0=F32 1=F16 2=Q4_0 8=Q8_0 12=Q4_K 14=Q6_K 30=BF16"
 
 
-def typed_keys_from_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Map an HF config.json to the reader-known typed keys (only those it defines)."""
-    archs = config.get("architectures") or []
-    hidden = config.get("hidden_size")
-    heads = config.get("num_attention_heads")
+def typed_keys(arch: Architecture) -> dict[str, Any]:
+    """The reader-known typed keys, from the architecture's normalised hyperparameters (so every
+    family fills them, whatever its config.json calls them)."""
+    hp, config = arch.hp, arch.config
+    names = config.get("architectures") or [arch.hf_names[0]]
     out: dict[str, Any] = {
-        "model_type": config.get("model_type"),
-        "architecture": archs[0] if archs else None,
-        "hidden_size": hidden,
-        "num_layers": config.get("num_hidden_layers"),
-        "num_heads": heads,
-        "num_kv_heads": config.get("num_key_value_heads", heads),
-        "vocab_size": config.get("vocab_size"),
-        "intermediate_size": config.get("intermediate_size"),
-        "max_position_embeddings": config.get("max_position_embeddings"),
-        "rope_theta": config.get("rope_theta"),
-        "rms_norm_eps": config.get("rms_norm_eps"),
-        "head_dim": config.get("head_dim") or (hidden // heads if hidden and heads else None),
+        "model_type": config.get("model_type") or arch.model_types[0],
+        "architecture": names[0],
+        "hidden_size": hp.hidden_size,
+        "num_layers": hp.num_layers,
+        "num_heads": hp.num_heads,
+        "num_kv_heads": hp.num_kv_heads,
+        "vocab_size": hp.vocab_size,
+        "intermediate_size": hp.intermediate_size,
+        "max_position_embeddings": hp.max_positions,
+        "head_dim": hp.head_dim,
     }
+    if hp.positions == "rope":
+        out["rope_theta"] = hp.rope_theta
+    if hp.norm == "rms":
+        out["rms_norm_eps"] = hp.norm_eps
     # `rope_type` is left out: aprender reads it as a GGML rope-mode integer, and the HF
     # `rope_scaling` it would summarize is kept whole in `hf_config`.
-    return {k: v for k, v in out.items() if v is not None}
+    return out
 
 
 def schema_problems(meta: dict[str, Any]) -> list[str]:

@@ -1,7 +1,7 @@
 """`apr-qa validate`: every conversion and contract gate of a `.apr` file against its source.
 
 Gates (spec §6.2, §9.1; certification guide I-2..I-4), each one evidence record:
-C1 format detected, C2 parse, C3 all tensors extracted, C4 written, C5 magic (halt), C6 parameter
+C0 architecture supported, C1 format detected, C2 parse, C3 all tensors extracted, C4 written, C5 magic (halt), C6 parameter
 count (halt), C7 shapes (halt), C8 numerical precision on every tensor (halt), V1 loads, V2 metadata
 schema, I-2 tensor-name bijection, I-3 no silent fallback, I-4 statistics preserved.
 """
@@ -16,7 +16,8 @@ from typing import Any, Callable
 import yaml
 
 from .apr import AprReader
-from .convert import is_buffer, stored_dtype
+from .arch import UnsupportedArchitecture
+from .convert import stored_dtype
 from .dtypes import QUANT_LEVELS, DType
 from .errors import AprQaError
 from .evidence import Evidence
@@ -44,13 +45,13 @@ DEFAULT_TOLERANCES: dict[str, dict[str, float]] = {
 
 # Gate levels (spec §9.2). C5-C8 stop the line; the rest skip the model/variant.
 GATE_LEVELS: dict[str, str] = {
-    "C1": "fail", "C2": "fail", "C3": "fail", "C4": "fail", "C5": "halt", "C6": "halt",
+    "C0": "fail", "C1": "fail", "C2": "fail", "C3": "fail", "C4": "fail", "C5": "halt", "C6": "halt",
     "C7": "halt", "C8": "halt", "V1": "fail", "V2": "fail", "I-2": "fail", "I-3": "fail",
     "I-4": "fail",
 }
 
 GATE_NAMES: dict[str, str] = {
-    "C1": "format detected", "C2": "source parses", "C3": "all tensors extracted",
+    "C0": "architecture supported", "C1": "format detected", "C2": "source parses", "C3": "all tensors extracted",
     "C4": ".apr written", "C5": "magic bytes", "C6": "parameter count matches source",
     "C7": "tensor shapes match source", "C8": "numerical precision (KL, cosine, relative RMSE)",
     "V1": ".apr loads", "V2": "metadata schema", "I-2": "tensor-name bijection",
@@ -121,8 +122,13 @@ def validate(apr_path: str | Path, source_path: str | Path, config: ValidationCo
     if fmt is not None:
         try:
             source = open_source(source_path, allow_pickle=config.allow_pickle)
-            source_tensors = {t.name: t for t in source.tensors() if not is_buffer(t)}
+            source_tensors = {t.name: t for t in source.tensors()}
+            gates.check("C0", True, source.arch.family, "a registered architecture")
             gates.check("C2", True, len(source_tensors), "parses", tensors=len(source_tensors))
+        except UnsupportedArchitecture as exc:
+            gates.check("C0", False, None, "a registered architecture", str(exc))
+            gates.not_run(["C2"], "C0 failed")
+            source = None
         except AprQaError as exc:
             gates.check("C2", False, None, "parses", str(exc))
             source = None
@@ -190,7 +196,7 @@ def _compare_tensors(gates: Gates, source_tensors: dict, source, reader: AprRead
         gates.check("I-3", False, level_name, "a known quantization level", "metadata names no known quantization level")
     else:
         for n in common:
-            expected = stored_dtype(source_tensors[n], level)
+            expected, _ = stored_dtype(source.arch, source_tensors[n], level)
             if apr_entries[n].dtype != expected:
                 fallbacks[n] = f"{apr_entries[n].dtype.name} (expected {expected.name})"
         gates.check("I-3", not fallbacks, len(fallbacks), 0,

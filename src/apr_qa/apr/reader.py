@@ -221,6 +221,10 @@ class AprReader:
         return self.metadata.get("tokenizer.config", {})
 
     @property
+    def pooling_config(self) -> dict[str, Any] | None:
+        return self.metadata.get("pooling")
+
+    @property
     def notes(self) -> list[str]:
         return self.metadata.get("conversion_notes", [])
 

@@ -132,7 +132,12 @@ def _integrity(r: Evidence, ctx: Context) -> FiveWhys:
     whys = _first(_symptom(r))
     bad = [c for c in r.details.get("checks", []) if not c["ok"]]
     for c in bad[:3]:
-        whys.append(f"config {c['field']} = {c['config']} but {c['tensor']} implies {c['tensors']}")
+        if c["field"] == "shape":
+            whys.append(f"config implies {c['tensor']} of shape {c['config']} but the file holds {c['tensors']}")
+        elif c["field"] == "present":
+            whys.append(f"config implies {c['tensor']} of shape {c['config']} but the file lacks it")
+        else:
+            whys.append(f"the file holds {c['tensor']} {c['tensors']}, which the config does not explain")
     return FiveWhys(r.id, whys, "config.json does not describe these tensors" if bad else (r.message or "nothing could be checked"),
                     "use the config.json of the same revision as the weights, or fix the config the converter embedded")
 

@@ -1,79 +1,63 @@
 """Gateways G0-G4 as evidence records. Any of them failing zeroes the MQS (mqs.score).
 
-G0 compares the model's config with its tensor table; G1-G4 summarise the scenario records that
+G0 compares the tensor table the model's config implies (its architecture's) with the file's; G1-G4 summarise the scenario records that
 scenarios.py produced (details: outcome, stage, category, output, garbage).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..arch import Architecture
 from ..evidence import Evidence
 from .mqs import GATEWAYS
 
 MAX_GARBAGE_FRACTION = 0.25  # the tool fails G4 when more than a quarter of the outputs are garbage
 
-# Tensor-name patterns (HF layout, [out, in]) of the llama family and BERT.
-_EMBED = re.compile(r"(^|\.)(embed_tokens|word_embeddings)\.weight$")
-_LAYER = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
-_Q = re.compile(r"\.(self_attn\.q_proj|attention\.self\.query)\.weight$")
-_K = re.compile(r"\.(self_attn\.k_proj|attention\.self\.key)\.weight$")
-_UP = re.compile(r"\.(mlp\.up_proj|intermediate\.dense)\.weight$")
-_LM_HEAD = re.compile(r"(^|\.)lm_head\.weight$")
-
-
 @dataclass
 class IntegrityCheck:
-    field: str
-    config: Any
-    tensors: Any
+    field: str          # what was checked: "shape", "present" or "expected"
+    config: Any         # what the config implies (a shape), None for a tensor the config does not know
+    tensors: Any        # what the file holds (a shape), None when absent
     tensor: str
     ok: bool
 
 
-def integrity_checks(config: dict[str, Any], tensors: Iterable[tuple[str, tuple[int, ...]]]) -> list[IntegrityCheck]:
-    """Each config.json dimension that the tensor shapes can confirm, config value vs tensor value."""
+def integrity_checks(arch: Architecture, tensors: Iterable[tuple[str, tuple[int, ...]]]) -> list[IntegrityCheck]:
+    """The architecture's tensor table (what config.json implies: every tensor and its shape)
+    against the file's: each expected tensor present with that shape, nothing unexplained beside."""
     shapes = {name: tuple(shape) for name, shape in tensors}
-    checks: list[IntegrityCheck] = []
-
-    def add(field: str, tensor_value: Any, tensor: str) -> None:
-        if config.get(field) is not None:
-            checks.append(IntegrityCheck(field, config[field], tensor_value, tensor, config[field] == tensor_value))
-
-    def first(pattern: re.Pattern) -> list[str]:
-        return sorted(n for n in shapes if pattern.search(n))
-
-    embeds = first(_EMBED)
-    if embeds and len(shapes[embeds[0]]) == 2:
-        add("vocab_size", shapes[embeds[0]][0], embeds[0])
-        add("hidden_size", shapes[embeds[0]][1], embeds[0])
-    for name in first(_LM_HEAD)[:1]:
-        add("vocab_size", shapes[name][0], name)
-    layers = {int(m.group(1)) for n in shapes if (m := _LAYER.search(n))}
-    if layers:
-        add("num_hidden_layers", len(layers), f"layer indices {min(layers)}..{max(layers)}")
-        if layers != set(range(len(layers))):
-            checks.append(IntegrityCheck("layer indices", "0..n-1", sorted(layers), "layers", False))
-    heads = config.get("num_attention_heads")
-    hidden = config.get("hidden_size")
-    head_dim = config.get("head_dim") or (hidden // heads if hidden and heads else None)
-    if head_dim:
-        kv = config.get("num_key_value_heads") or heads
-        for pattern, field, expected in ((_Q, "num_attention_heads", heads), (_K, "num_key_value_heads", kv)):
-            for name in first(pattern):
-                rows = shapes[name][0]
-                implied = rows // head_dim if rows % head_dim == 0 else rows / head_dim
-                checks.append(IntegrityCheck(field, expected, implied, name, implied == expected))
-    for name in first(_UP):
-        add("intermediate_size", shapes[name][0], name)
+    expected = arch.tensors()
+    checks = []
+    for name, shape in expected.items():
+        if name not in shapes:
+            checks.append(IntegrityCheck("present", shape, None, name, False))
+        else:
+            checks.append(IntegrityCheck("shape", shape, shapes[name], name, shapes[name] == tuple(shape)))
+    for name in sorted(set(shapes) - set(expected)):
+        if not arch.optional(name):
+            checks.append(IntegrityCheck("expected", None, shapes[name], name, False))
     return checks
+
+
+def _describe(bad: list[IntegrityCheck]) -> str:
+    missing = [c.tensor for c in bad if c.field == "present"]
+    extra = [c.tensor for c in bad if c.field == "expected"]
+    parts = [f"{c.tensor}: config implies {list(c.config)}, file has {list(c.tensors)}" for c in bad if c.field == "shape"][:3]
+    if missing:
+        parts.append(f"{len(missing)} tensors the config implies are missing ({', '.join(missing[:3])}"
+                     f"{', ...' if len(missing) > 3 else ''})")
+    if extra:
+        parts.append(f"{len(extra)} tensors the config does not explain ({', '.join(extra[:3])}"
+                     f"{', ...' if len(extra) > 3 else ''})")
+    return "; ".join(parts)
 
 
 def g0_integrity(path: str | Path) -> Evidence:
     """G0 on a .apr file (metadata hf_config + tensor table) or any source the converter reads."""
+    from ..arch import architecture_for
     from ..errors import AprQaError
 
     path = Path(path)
@@ -82,27 +66,24 @@ def g0_integrity(path: str | Path) -> Evidence:
             from ..apr import AprReader
 
             with AprReader(path) as reader:
-                config = reader.metadata.get("hf_config") or {}
+                arch = architecture_for(reader.metadata.get("hf_config") or {}, path)
                 table = [(e.name, e.shape) for e in reader.entries]
         else:
             from ..sources import open_source
 
             source = open_source(path)
             try:
-                config, table = source.config, [(t.name, t.shape) for t in source.tensors()]
+                arch, table = source.arch, [(t.name, t.shape) for t in source.tensors()]
             finally:
                 source.close()
     except AprQaError as exc:
         return Evidence("G0", GATEWAYS["G0"], False, None, "config matches tensors", "halt", str(exc))
-    checks = integrity_checks(config, table)
+    checks = integrity_checks(arch, table)
     bad = [c for c in checks if not c.ok]
-    if not checks:
-        message = f"{path}: no config dimension could be checked against the tensors (config keys or tensor names unknown)"
-    else:
-        message = "; ".join(f"{c.field}: config {c.config} vs {c.tensors} from {c.tensor}" for c in bad[:3])
-    return Evidence("G0", GATEWAYS["G0"], bool(checks) and not bad, {"checked": len(checks), "mismatched": len(bad)},
-                    {"mismatched": 0}, "halt", message if bad or not checks else "",
-                    {"path": str(path), "checks": [asdict(c) for c in checks]})
+    message = f"{path}: {_describe(bad)}" if bad else ""
+    return Evidence("G0", GATEWAYS["G0"], not bad, {"checked": len(checks), "mismatched": len(bad)},
+                    {"mismatched": 0}, "halt", message,
+                    {"path": str(path), "architecture": arch.family, "checks": [asdict(c) for c in checks]})
 
 
 def scenario_gateways(records: list[Evidence]) -> list[Evidence]:

@@ -11,7 +11,6 @@ import torch
 
 from .device import resolve_device, resolve_dtype
 from .generate import Generation
-from .registry import builder_for
 
 
 def open_weights(path: str | Path):
@@ -28,12 +27,13 @@ def open_weights(path: str | Path):
 
 def load_model(source_or_path, device: str | torch.device = "cpu", dtype: str | torch.dtype = torch.float32):
     """Build the model for the source's architecture, weights dequantized once into `dtype` on `device`."""
+    from ..arch import architecture_for
+
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     opened_here = isinstance(source_or_path, (str, Path))
     source = open_weights(source_or_path) if opened_here else source_or_path
     try:
-        build = builder_for(source.config, source.path)
-        return build(source, dev, dt)
+        return architecture_for(source.config, source.path).build(source, dev, dt)
     finally:
         if opened_here:
             source.close()

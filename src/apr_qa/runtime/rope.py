@@ -1,4 +1,7 @@
-"""Rotary position embeddings, with the inverse-frequency formulas of transformers' modeling_rope_utils."""
+"""Rotary position embeddings, with the inverse-frequency formulas of transformers' modeling_rope_utils.
+
+Partial rotary (Phi, StableLM) rotates the first `dims` values of each head and passes the rest.
+"""
 
 from __future__ import annotations
 
@@ -9,37 +12,31 @@ import torch
 
 from ..errors import UnsupportedError
 
-
-def rope_parameters(config: dict[str, Any]) -> dict[str, Any]:
-    """One dict with rope_type and rope_theta, from either spelling: transformers >= 5 writes
-    `rope_parameters` (theta inside), older configs write `rope_theta` plus `rope_scaling`."""
-    params = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
-    params["rope_type"] = params.get("rope_type") or params.get("type") or "default"
-    params.setdefault("rope_theta", config.get("rope_theta", 10000.0))
-    return params
+ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
 
 
-def inverse_frequencies(config: dict[str, Any], head_dim: int) -> torch.Tensor:
-    params = rope_parameters(config)
-    kind = params["rope_type"]
-    if params.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0)) != 1.0:
-        raise UnsupportedError("partial rotary embeddings are not supported")
-    base = float(params["rope_theta"])
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+def _default(dims: int, base: float) -> torch.Tensor:
+    return 1.0 / (base ** (torch.arange(0, dims, 2, dtype=torch.int64).float() / dims))
+
+
+def inverse_frequencies(params: dict[str, Any], dims: int, max_positions: int, seq_len: int | None = None) -> torch.Tensor:
+    kind, base = params["rope_type"], float(params["rope_theta"])
     if kind == "default":
-        return inv_freq
+        return _default(dims, base)
     if kind == "linear":
-        return inv_freq / float(params["factor"])
-    if kind == "llama3":
-        return _llama3(inv_freq, params, config)
-    raise UnsupportedError(f"rope_type {kind!r} is not supported (default, linear, llama3)")
+        return _default(dims, base) / float(params["factor"])
+    if kind == "dynamic":  # NTK-aware: the base grows once a sequence passes the trained length
+        factor = float(params["factor"])
+        seq_len = max(seq_len or max_positions, max_positions)
+        return _default(dims, base * ((factor * seq_len / max_positions) - (factor - 1)) ** (dims / (dims - 2)))
+    return _llama3(_default(dims, base), params, max_positions)
 
 
-def _llama3(inv_freq: torch.Tensor, params: dict[str, Any], config: dict[str, Any]) -> torch.Tensor:
+def _llama3(inv_freq: torch.Tensor, params: dict[str, Any], max_positions: int) -> torch.Tensor:
     factor = float(params["factor"])
     low_freq_factor = float(params["low_freq_factor"])
     high_freq_factor = float(params["high_freq_factor"])
-    old_context = params.get("original_max_position_embeddings", config.get("max_position_embeddings"))
+    old_context = params.get("original_max_position_embeddings", max_positions)
     low_freq_wavelen = old_context / low_freq_factor
     high_freq_wavelen = old_context / high_freq_factor
     wavelen = 2 * math.pi / inv_freq
@@ -51,16 +48,31 @@ def _llama3(inv_freq: torch.Tensor, params: dict[str, Any], config: dict[str, An
 
 
 class Rotary:
-    """cos/sin for given positions, in the half-split layout (rotate_half) that HF llama weights use."""
+    """cos/sin for given positions, in the half-split layout (rotate_half) that HF weights use."""
 
-    def __init__(self, config: dict[str, Any], head_dim: int, device: torch.device, dtype: torch.dtype):
-        self.inv_freq = inverse_frequencies(config, head_dim).to(device)
-        self.dtype = dtype
-        self.half = head_dim // 2
+    def __init__(self, params: dict[str, Any], dims: int, max_positions: int, device: torch.device, dtype: torch.dtype):
+        if params["rope_type"] not in ROPE_TYPES:
+            raise UnsupportedError(f"rope_type {params['rope_type']!r} is not supported ({', '.join(ROPE_TYPES)})")
+        self.params, self.dims, self.max_positions = params, dims, max_positions
+        self.device, self.dtype = device, dtype
+        self.original = inverse_frequencies(params, dims, max_positions).to(device)
+        self.inv_freq, self.cached_len = self.original, max_positions
+
+    def _dynamic_update(self, positions: torch.Tensor) -> None:
+        """transformers' dynamic_rope_update: frequencies follow the longest position seen, and
+        return to the trained ones when a sequence fits the trained length again."""
+        seq_len = int(positions.max()) + 1
+        if seq_len > self.cached_len:
+            self.inv_freq = inverse_frequencies(self.params, self.dims, self.max_positions, seq_len).to(self.device)
+            self.cached_len = seq_len
+        if seq_len < self.max_positions < self.cached_len:
+            self.inv_freq, self.cached_len = self.original, self.max_positions
 
     def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions [B, T] -> cos, signed sin, each [B, T, 1, head_dim]. The sign folds rotate_half's
+        """positions [B, T] -> cos, signed sin, each [B, T, 1, dims]. The sign folds rotate_half's
         negation into sin, so rotation is x*cos + swap_halves(x)*sin."""
+        if self.params["rope_type"] == "dynamic":
+            self._dynamic_update(positions)
         freqs = positions.to(torch.float32)[..., None] * self.inv_freq
         cos, sin = freqs.cos(), freqs.sin()
         cos = torch.cat((cos, cos), dim=-1)
@@ -69,6 +81,9 @@ class Rotary:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [B, T, heads, head_dim]."""
-    swapped = x.unflatten(-1, (2, -1)).flip(-2).flatten(-2)
-    return torch.addcmul(x * cos, swapped, sin)
+    """x [B, T, heads, head_dim]; the first cos.shape[-1] values of each head rotate."""
+    dims = cos.shape[-1]
+    rot = x if dims == x.shape[-1] else x[..., :dims]
+    swapped = rot.unflatten(-1, (2, -1)).flip(-2).flatten(-2)
+    rotated = torch.addcmul(rot * cos, swapped, sin)
+    return rotated if dims == x.shape[-1] else torch.cat((rotated, x[..., dims:]), dim=-1)

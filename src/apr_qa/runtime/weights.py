@@ -1,4 +1,5 @@
-"""Pull tensors out of a WeightSource into torch, dequantized once, in the runtime dtype and device."""
+"""Pull tensors out of a WeightSource into torch, dequantized once, in the runtime dtype and device,
+each checked against the shape its architecture's tensor table gives."""
 
 from __future__ import annotations
 
@@ -6,13 +7,16 @@ import numpy as np
 import torch
 
 from ..errors import FormatError
+from .norms import Norm
 
 
 class WeightLoader:
-    def __init__(self, source, device: torch.device, dtype: torch.dtype):
+    def __init__(self, source, device: torch.device, dtype: torch.dtype,
+                 expected: dict[str, tuple[int, ...]] | None = None):
         self.source = source
         self.device = device
         self.dtype = dtype
+        self.expected = expected or {}
         self.shapes = {t.name: tuple(t.shape) for t in source.tensors()}
 
     def has(self, name: str) -> bool:
@@ -21,20 +25,26 @@ class WeightLoader:
     def get(self, name: str, shape: tuple[int, ...] | None = None) -> torch.Tensor:
         if name not in self.shapes:
             raise FormatError(f"missing tensor {name}", self.source.path)
-        array = np.ascontiguousarray(self.source.load(name), dtype=np.float32)
-        if shape is not None and tuple(array.shape) != tuple(shape):
-            raise FormatError(f"tensor {name} has shape {tuple(array.shape)}, config implies {tuple(shape)}",
+        want = shape or self.expected.get(name)
+        if want is not None and self.shapes[name] != tuple(want):
+            raise FormatError(f"tensor {name} has shape {self.shapes[name]}, config implies {tuple(want)}",
                               self.source.path)
+        array = np.ascontiguousarray(self.source.load(name), dtype=np.float32)
         return torch.from_numpy(array).to(device=self.device, dtype=self.dtype)
 
     def get_optional(self, name: str, shape: tuple[int, ...] | None = None) -> torch.Tensor | None:
         return self.get(name, shape) if self.has(name) else None
 
-    def fused(self, names: list[str], shapes: list[tuple[int, ...]]) -> torch.Tensor:
+    def norm(self, prefix: str) -> Norm:
+        """`prefix.weight` and, when stored, `prefix.bias`."""
+        return Norm(self.get(prefix + ".weight"), self.get_optional(prefix + ".bias"))
+
+    def fused(self, names: list[str], shapes: list[tuple[int, ...]] | None = None) -> torch.Tensor:
         """Concatenate along the output dim so one matmul replaces several (QKV, gate+up)."""
+        shapes = shapes or [None] * len(names)  # type: ignore[list-item]
         return torch.cat([self.get(n, s) for n, s in zip(names, shapes)], dim=0).contiguous()
 
-    def fused_optional(self, names: list[str], shapes: list[tuple[int, ...]]) -> torch.Tensor | None:
+    def fused_optional(self, names: list[str], shapes: list[tuple[int, ...]] | None = None) -> torch.Tensor | None:
         """Fused biases: all present, all absent (None), or a format error."""
         present = [self.has(n) for n in names]
         if not any(present):

@@ -12,13 +12,14 @@ __all__ = ["open_source", "detect_format", "WeightSource", "TensorInfo", "RawTen
 
 
 def open_source(path: str | Path, allow_pickle: bool = False) -> WeightSource:
-    """Open a HF folder (SafeTensors or PyTorch), a .safetensors/.gguf/.bin/.pt file."""
+    """Open a HF folder (SafeTensors or PyTorch), a .safetensors/.gguf/.bin/.pt file, presented in the
+    canonical layout of its architecture (an unsupported architecture is refused here)."""
     path = Path(path)
     fmt = detect_format(path)
     if fmt == "safetensors":
         from .safetensors_source import SafetensorsSource
 
-        return SafetensorsSource(path)
+        return _canonical(SafetensorsSource(path))
     if fmt == "gguf":
         from .gguf_source import GGUFSource
 
@@ -27,7 +28,18 @@ def open_source(path: str | Path, allow_pickle: bool = False) -> WeightSource:
             if len(found) != 1:
                 raise FormatError(f"expected one .gguf file in the folder, found {len(found)}", path)
             path = found[0]
-        return GGUFSource(path)
+        return GGUFSource(path)  # names and layouts made canonical while reading the GGUF tables
     from .pytorch_source import PytorchSource
 
-    return PytorchSource(path, allow_pickle=allow_pickle)
+    return _canonical(PytorchSource(path, allow_pickle=allow_pickle))
+
+
+def _canonical(raw: WeightSource) -> WeightSource:
+    """The checkpoint through its architecture; closed again when the architecture is refused."""
+    from .canonical import CanonicalSource
+
+    try:
+        return CanonicalSource(raw)
+    except BaseException:
+        raw.close()
+        raise

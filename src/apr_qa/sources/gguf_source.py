@@ -1,50 +1,36 @@
-"""GGUF files of the llama family, presented under HF names in HF layout.
+"""GGUF files, presented under canonical (HF) names in canonical layout.
 
-Two things separate a GGUF tensor from its HF original:
-- dims are stored in GGML order (ne0 first): the HF shape is the reversed dims, the bytes are
-  already row-major [out, in] and are never transposed;
-- llama (not qwen2) Q and K rows were permuted for GGML's RoPE by convert_hf_to_gguf.py
-  (LlamaModel.permute: reshape (n_head, 2, d/2) and swap the middle axes); it is undone here,
-  with the KV head count for K. Whole rows move, so quantized blocks can be reordered as-is.
+The architecture registry says everything family-specific: which family a GGUF architecture is,
+the HF config its metadata stands for, the GGUF name of each tensor (gguf-py's TensorNameMap),
+and the row order llama.cpp's converter applied (llama's Q/K permutation, Falcon's QKV regroup).
+What is left here is common to all:
+- dims are stored in GGML order (ne0 first): the canonical shape is the reversed dims, the bytes
+  are already row-major [out, in] and are never transposed;
+- a row reorder moves whole rows, so quantized blocks are reordered as they are.
 """
 
 from __future__ import annotations
 
+import mmap
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from gguf import GGMLQuantizationType as GT
-import mmap
-
 from gguf import GGUFReader
 from gguf.quants import dequantize
 
+from ..arch import family_for_gguf
 from ..dtypes import DType
-from ..errors import FormatError, UnsupportedError
+from ..errors import AprQaError, FormatError, UnsupportedError
 from .base import RawTensor, TensorInfo
-from .gguf_names import gguf_to_hf, is_permuted_k, is_permuted_q
 from .gguf_tokenizer import build_tokenizer
 
-_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
-_PERMUTED_ARCHS = {"llama"}
 # GGUF payloads .apr can hold unchanged; everything else is dequantized to F32 by the caller.
 _RAW = {GT.F32: DType.F32, GT.F16: DType.F16, GT.BF16: DType.BF16, GT.Q8_0: DType.Q8_0,
         GT.Q4_0: DType.Q4_0, GT.Q4_K: DType.Q4_K, GT.Q6_K: DType.Q6_K}
 # Tensors llama.cpp derives at conversion time that have no HF counterpart.
 _DERIVED = {"rope_freqs.weight"}
-
-
-def unpermute_rows(n_rows: int, n_head: int) -> np.ndarray:
-    """Row order that undoes LlamaModel.permute: HF row r lives at GGUF row order[r]."""
-    if n_head <= 0 or n_rows % (2 * n_head):
-        raise ValueError(f"{n_rows} rows cannot be split into {n_head} heads of pairs")
-    return np.arange(n_rows).reshape(n_head, n_rows // n_head // 2, 2).swapaxes(1, 2).reshape(-1)
-
-
-def _f32_value(v: Any) -> Any:
-    """GGUF stores hyper-parameters as float32; give back the shortest decimal (1e-05, not 9.99e-06)."""
-    return float(str(np.float32(v))) if isinstance(v, float) else v
 
 
 class GGUFSource:
@@ -54,18 +40,21 @@ class GGUFSource:
         self.path = Path(path)
         self.files = [self.path]
         self.notes: list[str] = []
+        self.pooling_config = None
         try:
             self._reader = GGUFReader(self.path, "r")
             meta = {k: f.contents() for k, f in self._reader.fields.items()}
         except Exception as e:  # gguf-py raises ValueError/IndexError/struct.error on damaged files
             raise FormatError(f"not a readable GGUF file: {type(e).__name__}: {e}", self.path) from None
-
-        arch = meta.get("general.architecture")
-        if arch not in _ARCHITECTURES:
-            raise UnsupportedError(f"GGUF architecture {arch!r} is not supported (llama, qwen2)", self.path)
-        self._meta, self._arch = meta, arch
-        n_head = self._hparam("attention.head_count")
-        n_head_kv = meta.get(f"{arch}.attention.head_count_kv", n_head)
+        self._meta = meta
+        family = family_for_gguf(meta.get("general.architecture"), self.path)
+        gguf_tensors = {t.name: t for t in self._reader.tensors}
+        try:
+            self.config = family.config_from_gguf(meta, set(gguf_tensors))
+        except AprQaError as e:
+            raise type(e)(str(e), self.path) from None
+        self.arch = family(self.config, self.path)
+        names = self.arch.gguf_to_canonical_names()
 
         size = self.path.stat().st_size
         self._tensors: dict[str, Any] = {}
@@ -74,25 +63,24 @@ class GGUFSource:
         for t in self._reader.tensors:
             if t.data_offset + t.n_bytes > size:
                 raise FormatError(f"tensor {t.name!r} extends past the end of the file", self.path)
-            hf = gguf_to_hf(t.name)
-            if hf is None:
+            name = names.get(t.name)
+            if name is None:
                 if t.name in _DERIVED:
                     self.notes.append(f"GGUF tensor {t.name} (derived by llama.cpp, not an HF weight) skipped")
                     continue
-                raise UnsupportedError(f"GGUF tensor {t.name!r} has no HuggingFace {arch} equivalent", self.path)
+                raise UnsupportedError(f"GGUF tensor {t.name!r} has no {self.arch.family} equivalent", self.path)
             shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-            if arch in _PERMUTED_ARCHS and (is_permuted_q(t.name) or is_permuted_k(t.name)):
-                heads = n_head if is_permuted_q(t.name) else n_head_kv
-                try:
-                    self._row_order[hf] = unpermute_rows(shape[0], heads)
-                except ValueError as e:
-                    raise FormatError(f"tensor {t.name!r}: {e}", self.path) from None
-            self._tensors[hf] = t
-            self._infos.append(TensorInfo(hf, shape, t.tensor_type.name))
+            try:
+                order = self.arch.gguf_row_order(name, shape)
+            except AprQaError as e:
+                raise FormatError(f"tensor {t.name!r}: {e}", self.path) from None
+            if order is not None:
+                self._row_order[name] = order
+            self._tensors[name] = t
+            self._infos.append(TensorInfo(name, shape, t.tensor_type.name))
 
         for qtype in sorted({t.tensor_type for t in self._tensors.values()} - set(_RAW), key=lambda q: q.name):
             self.notes.append(f"{qtype.name} tensors dequantized to F32 (no portable .apr code)")
-        self.config = self._synthesize_config()
         if meta.get("tokenizer.ggml.tokens"):
             try:
                 self.tokenizer_json, self.tokenizer_config = build_tokenizer(meta, self.notes)
@@ -101,49 +89,6 @@ class GGUFSource:
         else:
             self.notes.append("GGUF carries no tokenizer")
             self.tokenizer_json, self.tokenizer_config = None, {}
-
-    def _hparam(self, key: str) -> Any:
-        value = self._meta.get(f"{self._arch}.{key}")
-        if value is None:
-            raise FormatError(f"GGUF metadata key {self._arch}.{key} is missing", self.path)
-        return value
-
-    def _synthesize_config(self) -> dict[str, Any]:
-        """The HF config.json the GGUF was converted from, as far as its keys record it."""
-        arch, meta = self._arch, self._meta
-        get = lambda key, default=None: _f32_value(meta.get(f"{arch}.{key}", default))  # noqa: E731
-        n_head = self._hparam("attention.head_count")
-        tokens = meta.get("tokenizer.ggml.tokens") or []
-        cfg: dict[str, Any] = {
-            "architectures": [_ARCHITECTURES[arch]],
-            "model_type": arch,
-            "hidden_act": "silu",
-            "hidden_size": self._hparam("embedding_length"),
-            "intermediate_size": self._hparam("feed_forward_length"),
-            "num_hidden_layers": self._hparam("block_count"),
-            "num_attention_heads": n_head,
-            "num_key_value_heads": get("attention.head_count_kv", n_head),
-        }
-        if (head_dim := get("attention.key_length")) is not None:
-            cfg["head_dim"] = head_dim
-        cfg["rms_norm_eps"] = get("attention.layer_norm_rms_epsilon", 1e-6)
-        cfg["rope_theta"] = get("rope.freq_base", 10000.0)
-        if (ctx := get("context_length")) is not None:
-            cfg["max_position_embeddings"] = ctx
-        cfg["vocab_size"] = get("vocab_size", len(tokens) or self._infos[0].shape[0])
-        cfg["tie_word_embeddings"] = "lm_head.weight" not in self._tensors
-        if arch == "llama":
-            cfg["attention_bias"] = "model.layers.0.self_attn.q_proj.bias" in self._tensors
-            cfg["mlp_bias"] = False
-        for name, key in [("bos_token_id", "bos"), ("eos_token_id", "eos"), ("pad_token_id", "padding")]:
-            if (value := meta.get(f"tokenizer.ggml.{key}_token_id")) is not None:
-                cfg[name] = value
-        scaling = get("rope.scaling.type")
-        if scaling and scaling != "none":
-            cfg["rope_scaling"] = {"rope_type": scaling, "factor": get("rope.scaling.factor", 1.0)}
-            if (orig := get("rope.scaling.original_context_length")) is not None:
-                cfg["rope_scaling"]["original_max_position_embeddings"] = orig
-        return cfg
 
     def tensors(self) -> list[TensorInfo]:
         return list(self._infos)

@@ -23,6 +23,7 @@ class HfFiles:
     tokenizer_json: str | None
     tokenizer_config: dict[str, Any]
     files: list[Path] = field(default_factory=list)
+    pooling_config: dict[str, Any] | None = None  # sentence-transformers Pooling module, if any
 
 
 def read_hf_files(folder: Path) -> HfFiles:
@@ -54,4 +55,25 @@ def read_hf_files(folder: Path) -> HfFiles:
     if jinja.is_file() and "chat_template" not in tokenizer_config:
         tokenizer_config["chat_template"] = jinja.read_text(encoding="utf-8")
         files.append(jinja)
-    return HfFiles(config, tokenizer_json, tokenizer_config, files)
+    pooling_config = None
+    if (pooling_path := _pooling_config_path(folder)) is not None:
+        pooling_config = read_json(pooling_path)
+        if not isinstance(pooling_config, dict):
+            raise FormatError("pooling config is not a JSON object", pooling_path)
+        files.append(pooling_path)
+    return HfFiles(config, tokenizer_json, tokenizer_config, files, pooling_config)
+
+
+def _pooling_config_path(folder: Path) -> Path | None:
+    """The config of the Pooling module a sentence-transformers `modules.json` lists (conventionally
+    1_Pooling/config.json)."""
+    modules_path = folder / "modules.json"
+    if modules_path.is_file():
+        modules = read_json(modules_path)
+        for module in modules if isinstance(modules, list) else []:
+            if isinstance(module, dict) and str(module.get("type", "")).endswith(".Pooling"):
+                candidate = folder / str(module.get("path", "")) / "config.json"
+                if candidate.is_file():
+                    return candidate
+    candidate = folder / "1_Pooling" / "config.json"
+    return candidate if candidate.is_file() else None

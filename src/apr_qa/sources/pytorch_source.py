@@ -54,6 +54,7 @@ class PytorchSource:
         side = read_hf_files(folder)
         self.config, self.tokenizer_json = side.config, side.tokenizer_json
         self.tokenizer_config = side.tokenizer_config
+        self.pooling_config = side.pooling_config
         names = ", ".join(f.name for f in weight_files)
         self.notes = [f"loaded from pickle with torch.load(weights_only=True): {names}"]
         self.files = [*side.files]

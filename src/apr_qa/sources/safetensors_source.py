@@ -127,6 +127,7 @@ class SafetensorsSource:
         self.config = side.config
         self.tokenizer_json = side.tokenizer_json
         self.tokenizer_config = side.tokenizer_config
+        self.pooling_config = side.pooling_config
         self.notes: list[str] = []
         self.files: list[Path] = list(side.files)
         self._shards: list[_Shard] = []

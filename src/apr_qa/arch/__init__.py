@@ -1,0 +1,88 @@
+"""The architecture registry: every model family the stack can convert, validate and run.
+
+Each module of this package defines one family (an `Architecture` subclass decorated with
+`@register`); modules are discovered, so adding a family is adding a module (see README,
+"Adding an architecture"). Sources, convert, metadata, validate, certify and the runtime ask
+`architecture_for(config)` and read nothing about a family from anywhere else.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Any
+
+from ..errors import UnsupportedError
+from .base import Architecture, Hyperparams
+
+class UnsupportedArchitecture(UnsupportedError):
+    """No registered family serves this model (gate C0 at conversion)."""
+
+
+_BY_HF_NAME: dict[str, type[Architecture]] = {}
+_BY_MODEL_TYPE: dict[str, type[Architecture]] = {}
+_BY_GGUF_ARCH: dict[str, type[Architecture]] = {}
+_loaded = False
+
+
+def register(cls: type[Architecture]) -> type[Architecture]:
+    for table, keys in ((_BY_HF_NAME, cls.hf_names), (_BY_MODEL_TYPE, cls.model_types)):
+        for key in keys:
+            if key in table and table[key] is not cls:
+                raise RuntimeError(f"{key} is claimed by both {table[key].__name__} and {cls.__name__}")
+            table[key] = cls
+    if cls.gguf_arch is not None:
+        import gguf
+
+        _BY_GGUF_ARCH.setdefault(gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH[cls.gguf_arch]], cls)
+    return cls
+
+
+def _load_families() -> None:
+    global _loaded
+    if not _loaded:
+        for module in pkgutil.iter_modules(__path__):
+            if module.name != "base":
+                importlib.import_module(f"{__name__}.{module.name}")
+        _loaded = True
+
+
+def supported() -> list[str]:
+    """Every HF architecture name served, sorted."""
+    _load_families()
+    return sorted(_BY_HF_NAME)
+
+
+def families() -> list[type[Architecture]]:
+    _load_families()
+    return sorted(set(_BY_HF_NAME.values()), key=lambda cls: cls.family)
+
+
+def family_of(config: dict[str, Any], path: Any = None) -> type[Architecture]:
+    """The family class for an HF config (by `architectures[0]`, else by `model_type`)."""
+    _load_families()
+    names = config.get("architectures") or []
+    name = names[0] if names and isinstance(names, list) else None
+    if name in _BY_HF_NAME:
+        return _BY_HF_NAME[name]
+    if name is None and config.get("model_type") in _BY_MODEL_TYPE:
+        return _BY_MODEL_TYPE[config["model_type"]]
+    named = name or f"model_type {config.get('model_type')!r}"
+    raise UnsupportedArchitecture(f"architecture {named} is not supported (supported: {', '.join(supported())})", path)
+
+
+def architecture_for(config: dict[str, Any], path: Any = None) -> Architecture:
+    """The family instance for an HF config, its hyperparameters normalised (or a one-line error)."""
+    return family_of(config, path)(config, path)
+
+
+def family_for_gguf(gguf_arch: Any, path: Any = None) -> type[Architecture]:
+    _load_families()
+    if gguf_arch not in _BY_GGUF_ARCH:
+        raise UnsupportedArchitecture(f"GGUF architecture {gguf_arch!r} is not supported "
+                               f"(supported: {', '.join(sorted(_BY_GGUF_ARCH))})", path)
+    return _BY_GGUF_ARCH[gguf_arch]
+
+
+__all__ = ["Architecture", "Hyperparams", "UnsupportedArchitecture", "architecture_for", "families", "family_for_gguf", "family_of",
+           "register", "supported"]

@@ -1,0 +1,157 @@
+"""Llama, Mistral and Qwen2 (TinyLlama, SmolLM2, ...): RMSNorm, rotary (default, linear, dynamic
+or llama3 scaling), grouped-query attention, SwiGLU MLP; Mistral's sliding window; Qwen2's QKV
+biases. GGUF: llama.cpp's converter permutes llama's (not Qwen2's) Q/K rows for GGML's RoPE."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import register
+from .base import (Architecture, Hyperparams, gguf_hparams, gguf_special_tokens, interleaved_rows, require,
+                   rope_config)
+
+
+@register
+class Llama(Architecture):
+    hf_names = ("LlamaForCausalLM", "MistralForCausalLM")
+    model_types = ("llama", "mistral")
+    gguf_arch = "LLAMA"
+    family = "Llama"
+    qkv_bias_always = False
+
+    @classmethod
+    def hyperparams(cls, config: dict[str, Any]) -> Hyperparams:
+        hidden, heads = require(config, "hidden_size"), require(config, "num_attention_heads")
+        layers = require(config, "num_hidden_layers")
+        head_dim = config.get("head_dim") or hidden // heads
+        theta, scaling = rope_config(config)
+        return Hyperparams(
+            kind="decoder", hidden_size=hidden, num_layers=layers, num_heads=heads,
+            num_kv_heads=config.get("num_key_value_heads") or heads, head_dim=head_dim,
+            intermediate_size=require(config, "intermediate_size"), vocab_size=require(config, "vocab_size"),
+            max_positions=int(config.get("max_position_embeddings") or 2048),
+            norm="rms", norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+            activation=config.get("hidden_act", "silu"), gated_mlp=True, positions="rope",
+            rotary_dims=head_dim, rope_theta=theta, rope_scaling=scaling,
+            attention_bias=cls.qkv_bias_always or bool(config.get("attention_bias")),
+            mlp_bias=bool(config.get("mlp_bias")),
+            tied_embeddings=bool(config.get("tie_word_embeddings", False)),
+            sliding_windows=cls._sliding_windows(config, layers),
+        )
+
+    @staticmethod
+    def _sliding_windows(config: dict[str, Any], layers: int) -> tuple[int | None, ...]:
+        window, layer_types = config.get("sliding_window"), config.get("layer_types")
+        if not window or ("use_sliding_window" in config and not config["use_sliding_window"]):
+            return ()  # Qwen2 keeps the key but switched off
+        if layer_types:
+            return tuple(window if t == "sliding_attention" else None for t in layer_types)
+        return (window,) * layers
+
+    def tensors(self) -> dict[str, tuple[int, ...]]:
+        hp = self.hp
+        hidden, q_out, kv_out = hp.hidden_size, hp.num_heads * hp.head_dim, hp.num_kv_heads * hp.head_dim
+        out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (hp.vocab_size, hidden)}
+        for i in range(hp.num_layers):
+            p = f"model.layers.{i}."
+            out[p + "input_layernorm.weight"] = (hidden,)
+            for name, rows in (("q", q_out), ("k", kv_out), ("v", kv_out)):
+                out[p + f"self_attn.{name}_proj.weight"] = (rows, hidden)
+                if hp.attention_bias:
+                    out[p + f"self_attn.{name}_proj.bias"] = (rows,)
+            out[p + "self_attn.o_proj.weight"] = (hidden, q_out)
+            if hp.attention_bias and not self.qkv_bias_always:  # llama's attention_bias covers o_proj too
+                out[p + "self_attn.o_proj.bias"] = (hidden,)
+            out[p + "post_attention_layernorm.weight"] = (hidden,)
+            for name, shape in (("gate", (hp.intermediate_size, hidden)), ("up", (hp.intermediate_size, hidden)),
+                                ("down", (hidden, hp.intermediate_size))):
+                out[p + f"mlp.{name}_proj.weight"] = shape
+                if hp.mlp_bias:
+                    out[p + f"mlp.{name}_proj.bias"] = shape[:1]
+        out["model.norm.weight"] = (hidden,)
+        if not hp.tied_embeddings:
+            out["lm_head.weight"] = (hp.vocab_size, hidden)
+        return out
+
+    def optional(self, name: str) -> bool:
+        return name == "lm_head.weight"  # tied checkpoints sometimes store the head anyway
+
+    def dropped(self, name: str) -> bool:
+        return name.endswith("rotary_emb.inv_freq")  # a derived buffer older checkpoints saved
+
+    def gguf_row_order(self, name: str, shape: tuple[int, ...]) -> np.ndarray | None:
+        if self.gguf_arch != "LLAMA":
+            return None
+        if ".self_attn.q_proj." in name:
+            return interleaved_rows(shape[0], self.hp.num_heads)
+        if ".self_attn.k_proj." in name:
+            return interleaved_rows(shape[0], self.hp.num_kv_heads)
+        return None
+
+    @classmethod
+    def config_from_gguf(cls, meta: dict[str, Any], tensor_names: set[str]) -> dict[str, Any]:
+        arch = cls.model_types[0]
+        get, need = gguf_hparams(meta, arch)
+        heads = need("attention.head_count")
+        cfg: dict[str, Any] = {
+            "architectures": [cls.hf_names[0]], "model_type": arch, "hidden_act": "silu",
+            "hidden_size": need("embedding_length"), "intermediate_size": need("feed_forward_length"),
+            "num_hidden_layers": need("block_count"), "num_attention_heads": heads,
+            "num_key_value_heads": get("attention.head_count_kv", heads),
+            "rms_norm_eps": get("attention.layer_norm_rms_epsilon", 1e-6), "rope_theta": get("rope.freq_base", 10000.0),
+            "tie_word_embeddings": "output.weight" not in tensor_names,
+        }
+        if (head_dim := get("attention.key_length")) is not None:
+            cfg["head_dim"] = head_dim
+        if (ctx := get("context_length")) is not None:
+            cfg["max_position_embeddings"] = ctx
+        tokens = meta.get("tokenizer.ggml.tokens") or []
+        cfg["vocab_size"] = get("vocab_size") or len(tokens)
+        if not cls.qkv_bias_always:
+            cfg["attention_bias"] = "blk.0.attn_q.bias" in tensor_names
+            cfg["mlp_bias"] = False
+        scaling = get("rope.scaling.type")
+        if scaling and scaling != "none":
+            cfg["rope_scaling"] = {"rope_type": scaling, "factor": get("rope.scaling.factor", 1.0)}
+            if (orig := get("rope.scaling.original_context_length")) is not None:
+                cfg["rope_scaling"]["original_max_position_embeddings"] = orig
+        return {**cfg, **gguf_special_tokens(meta)}
+
+    def build(self, source: Any, device: Any, dtype: Any) -> Any:
+        from ..runtime.decoder import DecoderLayer, DecoderModel, DecoderWeights
+        from ..runtime.tokenizer import Tokenizer
+        from ..runtime.weights import WeightLoader
+
+        hp = self.hp
+        w = WeightLoader(source, device, dtype, self.tensors())
+        layers = []
+        for i in range(hp.num_layers):
+            p = f"model.layers.{i}."
+            qkv = [p + f"self_attn.{n}_proj" for n in "qkv"]
+            mlp = [p + "mlp.gate_proj", p + "mlp.up_proj"]
+            layers.append(DecoderLayer(
+                attn_norm=w.norm(p + "input_layernorm"),
+                qkv=w.fused([n + ".weight" for n in qkv]),
+                qkv_bias=w.fused([n + ".bias" for n in qkv]) if hp.attention_bias else None,
+                o=w.get(p + "self_attn.o_proj.weight"), o_bias=w.get_optional(p + "self_attn.o_proj.bias"),
+                mlp_norm=w.norm(p + "post_attention_layernorm"),
+                up=w.fused([n + ".weight" for n in mlp]),
+                up_bias=w.fused([n + ".bias" for n in mlp]) if hp.mlp_bias else None,
+                down=w.get(p + "mlp.down_proj.weight"), down_bias=w.get_optional(p + "mlp.down_proj.bias"),
+            ))
+        embed = w.get("model.embed_tokens.weight")
+        weights = DecoderWeights(embed=embed, layers=layers, final_norm=w.norm("model.norm"),
+                                 lm_head=embed if hp.tied_embeddings else w.get("lm_head.weight"))
+        tokenizer = Tokenizer(source.tokenizer_json, source.tokenizer_config, self.config, source.path)
+        return DecoderModel(hp, weights, tokenizer, self.config, device, dtype)
+
+
+@register
+class Qwen2(Llama):
+    hf_names = ("Qwen2ForCausalLM",)
+    model_types = ("qwen2",)
+    gguf_arch = "QWEN2"
+    family = "Qwen2"
+    qkv_bias_always = True  # q/k/v carry biases, o_proj does not
