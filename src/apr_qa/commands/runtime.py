@@ -1,9 +1,11 @@
-"""`apr-qa run` (one prompt) and `apr-qa chat` (multi-turn REPL) on our PyTorch runtime."""
+"""`apr-qa run` (one prompt), `apr-qa embed` (encoder vectors) and `apr-qa chat` (multi-turn REPL) on our
+PyTorch runtime."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..errors import UnsupportedError
 
@@ -28,6 +30,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("prompt")
     run.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     run.set_defaults(func=cmd_run)
+
+    embed = sub.add_parser("embed", help="embed texts with an encoder model (one vector per text, as JSON)",
+                           description="Pools the last hidden states over each text's real tokens with the model's "
+                                       "pooling (a sentence-transformers 1_Pooling/config.json beside the weights, "
+                                       "recorded in the .apr; mean pooling when there is none). Prints "
+                                       '{"embeddings": [[...], ...]} unless --json names a file.')
+    embed.add_argument("model", help=".apr file, HF model folder, .safetensors or .gguf file")
+    embed.add_argument("texts", nargs="+", metavar="TEXT")
+    embed.add_argument("--json", type=Path, help="write the JSON here instead of printing it")
+    embed.add_argument("--normalize", action="store_true", help="L2-normalize each vector")
+    embed.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    embed.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    embed.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    embed.set_defaults(func=cmd_embed)
 
     chat = sub.add_parser("chat", help="interactive multi-turn chat using the model's chat template",
                           description="Reads one user message per stdin line (works with a pipe); EOF ends.")
@@ -55,7 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if model.kind == "encoder":
         vector = model.embed([args.prompt])[0]
         first = ", ".join(f"{v:.6f}" for v in vector[:8].tolist())
-        print(f"encoder embedding (mean pooled): dim {vector.numel()}, L2 norm {vector.norm().item():.6f}, "
+        print(f"encoder embedding ({model.pooling} pooled): dim {vector.numel()}, L2 norm {vector.norm().item():.6f}, "
               f"first values [{first}]")
         return 0
     prompt = args.prompt
@@ -63,6 +79,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         prompt = model.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
     out = model.generate([prompt], args.max_new_tokens, **_sampling(args))[0]
     print(out.text)
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    import json
+
+    from ..fsutil import write_text_atomic
+
+    model = _load(args)
+    if model.kind != "encoder":
+        raise UnsupportedError("embed needs an encoder (embedding) model; use run for text generation", args.model)
+    vectors = model.embed(args.texts, normalize=args.normalize)
+    text = json.dumps({"model": str(args.model), "pooling": model.pooling, "normalized": args.normalize,
+                       "embeddings": vectors.tolist()})
+    if args.json:
+        write_text_atomic(args.json, text + "\n")
+    else:
+        print(text)
     return 0
 
 
