@@ -236,13 +236,13 @@ def test_unsupported_architecture(tmp_path):
 
 
 def test_unsupported_tokenizer_model(tmp_path):
-    f = tmp_path / "wp.gguf"
+    f = tmp_path / "t5.gguf"
     w = gguf.GGUFWriter(f, "llama")
     w.add_block_count(1)
     w.add_embedding_length(8)
     w.add_feed_forward_length(16)
     w.add_head_count(2)
-    w.add_tokenizer_model("bert")
+    w.add_tokenizer_model("t5")  # Unigram (llama.cpp's UGM) is not read; "bert" WordPiece is
     w.add_token_list(["[PAD]", "a"])
     w.add_tensor("token_embd.weight", np.zeros((2, 8), dtype=np.float32))
     w.write_header_to_file()
@@ -251,4 +251,4 @@ def test_unsupported_tokenizer_model(tmp_path):
     w.close()
     with pytest.raises(UnsupportedError) as e:
         open_source(f)
-    assert "'bert'" in _one_line_naming(e, f)
+    assert "'t5'" in _one_line_naming(e, f)

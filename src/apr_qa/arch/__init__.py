@@ -31,10 +31,8 @@ def register(cls: type[Architecture]) -> type[Architecture]:
             if key in table and table[key] is not cls:
                 raise RuntimeError(f"{key} is claimed by both {table[key].__name__} and {cls.__name__}")
             table[key] = cls
-    if cls.gguf_arch is not None:
-        import gguf
-
-        _BY_GGUF_ARCH.setdefault(gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH[cls.gguf_arch]], cls)
+    if (gguf_name := cls.gguf_name_of_arch()) is not None:
+        _BY_GGUF_ARCH.setdefault(gguf_name, cls)
     return cls
 
 

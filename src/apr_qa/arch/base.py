@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     import gguf
     import torch
 
+# Rotary scalings the runtime reproduces (transformers' modeling_rope_utils formulas).
+ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
+
 # Names of llama.cpp's GGUF tensors (gguf-py constants) that llama-quant.cpp never block-quantizes
 # besides 1-D tensors and norms: learned position embeddings and BERT's token types.
 GGUF_NEVER_QUANTIZED = ("position_embd.weight", "token_types.weight")
@@ -139,6 +142,13 @@ class Architecture:
         return gguf_name is not None and (gguf_name in GGUF_NEVER_QUANTIZED or gguf_name.endswith("_norm.weight"))
 
     # --- GGUF ---------------------------------------------------------------------------------
+    @classmethod
+    def gguf_name_of_arch(cls) -> str | None:
+        """The `general.architecture` string llama.cpp writes for this family ("llama", "phi2"...)."""
+        import gguf
+
+        return gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH[cls.gguf_arch]] if cls.gguf_arch else None
+
     @cached_property
     def _name_map(self) -> "gguf.TensorNameMap | None":
         import gguf
@@ -224,6 +234,8 @@ def rope_config(config: dict[str, Any], default_theta: float = 10000.0) -> tuple
     theta = float(params.pop("rope_theta", None) or config.get("rope_theta") or default_theta)
     kind = params.pop("rope_type", None) or params.pop("type", None) or "default"
     params.pop("partial_rotary_factor", None)
+    if kind not in ROPE_TYPES:
+        raise UnsupportedError(f"rope_type {kind!r} is not supported ({', '.join(ROPE_TYPES)})")
     return theta, ({} if kind == "default" else {"rope_type": kind, **params})
 
 

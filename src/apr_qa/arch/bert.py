@@ -1,5 +1,8 @@
 """BERT encoders (BertModel, BertForMaskedLM, sentence-transformers exports such as all-MiniLM):
-learned absolute positions, token types, post-LayerNorm layers, GELU."""
+learned absolute positions, token types, post-LayerNorm layers, GELU.
+
+GGUF: llama.cpp's "bert" architecture. Its converter also writes DistilBERT as "bert", without a
+token_types tensor; such a file reads as a BERT with `type_vocab_size` 0 (no token types)."""
 
 from __future__ import annotations
 
@@ -39,15 +42,21 @@ class Bert(Architecture):
         """BertForMaskedLM nests the encoder under "bert."; BertModel exports do not."""
         return "bert." if "ForMaskedLM" in (self.config.get("architectures") or [""])[0] else ""
 
+    @property
+    def type_vocab_size(self) -> int:
+        """0: no token-type table (DistilBERT read from a llama.cpp GGUF)."""
+        return int(self.config.get("type_vocab_size", 2))
+
     def tensors(self) -> dict[str, tuple[int, ...]]:
         hp, p0 = self.hp, self.prefix
         hidden, inter = hp.hidden_size, hp.intermediate_size
         out: dict[str, tuple[int, ...]] = {
             p0 + "embeddings.word_embeddings.weight": (hp.vocab_size, hidden),
             p0 + "embeddings.position_embeddings.weight": (hp.max_positions, hidden),
-            p0 + "embeddings.token_type_embeddings.weight": (int(self.config.get("type_vocab_size", 2)), hidden),
-            p0 + "embeddings.LayerNorm.weight": (hidden,), p0 + "embeddings.LayerNorm.bias": (hidden,),
         }
+        if self.type_vocab_size:
+            out[p0 + "embeddings.token_type_embeddings.weight"] = (self.type_vocab_size, hidden)
+        out[p0 + "embeddings.LayerNorm.weight"], out[p0 + "embeddings.LayerNorm.bias"] = (hidden,), (hidden,)
         for i in range(hp.num_layers):
             p = f"{p0}encoder.layer.{i}."
             for name in ("query", "key", "value"):
@@ -70,6 +79,8 @@ class Bert(Architecture):
 
     @classmethod
     def config_from_gguf(cls, meta: dict[str, Any], tensor_names: set[str]) -> dict[str, Any]:
+        """The keys convert_hf_to_gguf.py's TextModel/BertModel write; `token_type_count` is
+        written even for DistilBERT (as 1), so the table's presence decides."""
         get, need = gguf_hparams(meta, "bert")
         return {
             "architectures": ["BertModel"], "model_type": "bert", "hidden_act": "gelu",
@@ -78,7 +89,8 @@ class Bert(Architecture):
             "layer_norm_eps": get("attention.layer_norm_epsilon", 1e-12),
             "max_position_embeddings": need("context_length"),
             "vocab_size": len(meta.get("tokenizer.ggml.tokens") or []) or get("vocab_size"),
-            "type_vocab_size": int(meta.get("tokenizer.ggml.token_type_count", 2)),
+            "type_vocab_size": int(meta.get("tokenizer.ggml.token_type_count", 2))
+            if "token_types.weight" in tensor_names else 0,
             "pad_token_id": int(meta.get("tokenizer.ggml.padding_token_id", 0)),
         }
 
@@ -103,7 +115,8 @@ class Bert(Architecture):
             ))
         weights = EncoderWeights(
             word=w.get(p0 + "embeddings.word_embeddings.weight"), position=w.get(p0 + "embeddings.position_embeddings.weight"),
-            token_type=w.get(p0 + "embeddings.token_type_embeddings.weight"), embed_norm=w.norm(p0 + "embeddings.LayerNorm"),
+            token_type=w.get(p0 + "embeddings.token_type_embeddings.weight") if self.type_vocab_size else None,
+            embed_norm=w.norm(p0 + "embeddings.LayerNorm"),
             layers=layers)
         tokenizer = Tokenizer(source.tokenizer_json, source.tokenizer_config, self.config, source.path)
         return EncoderModel(self.hp, weights, tokenizer, self.config, device, dtype,

@@ -1,4 +1,4 @@
-"""`apr-qa convert`, `apr-qa inspect`, `apr-qa validate`."""
+"""`apr-qa convert`, `apr-qa architectures`, `apr-qa inspect`, `apr-qa validate`."""
 
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="allow PyTorch .bin/.pt sources (loaded with torch.load(weights_only=True))")
     p.add_argument("--json", type=Path, help="write a conversion summary JSON here")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("architectures", help="list the model families the stack supports (Markdown table)")
+    p.set_defaults(func=cmd_architectures)
 
     p = sub.add_parser("inspect", help="show a .apr file's header, metadata and tensor table")
     p.add_argument("file", type=Path)
@@ -64,6 +67,17 @@ def cmd_convert(args: argparse.Namespace) -> int:
         write_text_atomic(args.json, json.dumps(summary, indent=2) + "\n")
     print(f"{result.output}: {result.tensor_count} tensors, {result.param_count:,} parameters, "
           f"{summary['size_bytes'] / 1e6:.1f} MB, {result.seconds:.1f} s", file=sys.stderr)
+    return 0
+
+
+def cmd_architectures(args: argparse.Namespace) -> int:
+    from ..arch import families
+
+    print("| family | HF architectures | model types | GGUF arch | kind |\n|---|---|---|---|---|")
+    for family in families():
+        gguf_name = family.gguf_name_of_arch() or "-"
+        print(f"| {family.family} | {', '.join(family.hf_names)} | {', '.join(family.model_types)} | {gguf_name} "
+              f"| {family.kind} |")
     return 0
 
 

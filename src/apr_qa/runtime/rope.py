@@ -12,7 +12,7 @@ import torch
 
 from ..errors import UnsupportedError
 
-ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
+from ..arch.base import ROPE_TYPES
 
 
 def _default(dims: int, base: float) -> torch.Tensor:

@@ -31,6 +31,19 @@ _RAW = {GT.F32: DType.F32, GT.F16: DType.F16, GT.BF16: DType.BF16, GT.Q8_0: DTyp
         GT.Q4_0: DType.Q4_0, GT.Q4_K: DType.Q4_K, GT.Q6_K: DType.Q6_K}
 # Tensors llama.cpp derives at conversion time that have no HF counterpart.
 _DERIVED = {"rope_freqs.weight"}
+# `{arch}.pooling_type` (gguf.PoolingType, from the sentence-transformers Pooling module at
+# conversion) -> the 1_Pooling/config.json flag it came from.
+_POOLING_FLAGS = {1: "pooling_mode_mean_tokens", 2: "pooling_mode_cls_token", 3: "pooling_mode_lasttoken"}
+
+
+def _pooling_config(meta: dict[str, Any], config: dict[str, Any]) -> dict[str, Any] | None:
+    """The sentence-transformers Pooling config a GGUF's pooling type stands for (None: not recorded)."""
+    flag = _POOLING_FLAGS.get(meta.get(f"{meta.get('general.architecture')}.pooling_type"))
+    if flag is None:
+        return None
+    return {"word_embedding_dimension": config.get("hidden_size"),
+            **{f: f == flag for f in ("pooling_mode_cls_token", "pooling_mode_mean_tokens", "pooling_mode_max_tokens",
+                                      "pooling_mode_mean_sqrt_len_tokens", "pooling_mode_lasttoken")}}
 
 
 class GGUFSource:
@@ -54,6 +67,7 @@ class GGUFSource:
         except AprQaError as e:
             raise type(e)(str(e), self.path) from None
         self.arch = family(self.config, self.path)
+        self.pooling_config = _pooling_config(meta, self.config)
         names = self.arch.gguf_to_canonical_names()
 
         size = self.path.stat().st_size

@@ -6,19 +6,22 @@ llama.cpp (llama-vocab.cpp) and transformers (integrations/gguf) interpret them:
 - "gpt2": byte-level BPE; the split regex depends on `pre` (SmolLM's "smollm" isolates every digit
   before the GPT-2 regex, exactly as its original tokenizer.json does with a Digits pre-tokenizer).
 - "llama": SentencePiece-style BPE with byte fallback, "▁" for spaces (Metaspace).
+- "bert": WordPiece. llama.cpp's converter (BertModel.set_vocab) stores a "phantom space" vocabulary:
+  a word-start piece "x" as "▁x", a continuation "##x" as "x", CONTROL tokens unchanged; it is
+  turned back, and BERT's normalizer, pre-tokenizer, [CLS] $A [SEP] template and decoder restored.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers, processors
-from tokenizers.models import BPE
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+from tokenizers.models import BPE, WordPiece
 
 from ..errors import UnsupportedError
 
 # llama.cpp token types (gguf-py TokenType)
-NORMAL, CONTROL, USER_DEFINED = 1, 3, 4
+NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
 
 _LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
@@ -57,12 +60,14 @@ def build_tokenizer(meta: dict[str, Any], notes: list[str]) -> tuple[str, dict[s
     if not tokens:
         raise UnsupportedError("GGUF has no tokenizer.ggml.tokens")
     types = list(meta.get("tokenizer.ggml.token_type") or [NORMAL] * len(tokens))
+    if model == "bert":
+        return _wordpiece(meta, tokens, types)
     if model == "gpt2":
         tok, add_bos_default = _byte_level(meta, tokens, notes), False
     elif model == "llama":
         tok, add_bos_default = _sentencepiece(meta, tokens), True  # llama.cpp's default for SPM vocabularies
     else:
-        raise UnsupportedError(f"GGUF tokenizer model {model!r} is not supported (only 'gpt2' and 'llama')")
+        raise UnsupportedError(f"GGUF tokenizer model {model!r} is not supported (only 'gpt2', 'llama' and 'bert')")
 
     _add_special_tokens(tok, tokens, types, byte_level=model == "gpt2")
     special = {
@@ -84,6 +89,47 @@ def build_tokenizer(meta: dict[str, Any], notes: list[str]) -> tuple[str, dict[s
     }
     if (template := meta.get("tokenizer.chat_template")) is not None:
         config["chat_template"] = template
+    return tok.to_str(), config
+
+
+def _wordpiece(meta: dict[str, Any], phantom: list[str], types: list[int]) -> tuple[str, dict[str, Any]]:
+    """BERT's WordPiece tokenizer from llama.cpp's phantom-space vocabulary."""
+    # Undo BertModel.set_vocab's `phantom`: CONTROL as stored, "▁x" -> "x", "x" -> "##x".
+    tokens = [t if ty == CONTROL else t[1:] if t.startswith("\u2581") else "##" + t for t, ty in zip(phantom, types)]
+    ids = {name: i for name, key in [("cls", "bos"), ("sep", "seperator"), ("unk", "unknown"), ("pad", "padding"),
+                                     ("mask", "mask")]
+           if (i := meta.get(f"tokenizer.ggml.{key}_token_id")) is not None and 0 <= i < len(tokens)}
+    # SpecialVocab writes [CLS] as bos and [SEP] as eos; the literal names are the last resort.
+    if "sep" not in ids and (i := meta.get("tokenizer.ggml.eos_token_id")) is not None and 0 <= i < len(tokens):
+        ids["sep"] = i
+    for name, text in (("cls", "[CLS]"), ("sep", "[SEP]"), ("unk", "[UNK]")):
+        if name not in ids and text in tokens:
+            ids[name] = tokens.index(text)
+    if "cls" not in ids or "sep" not in ids:
+        raise UnsupportedError("GGUF WordPiece tokenizer names no [CLS]/[SEP] tokens")
+
+    unk = tokens[ids["unk"]] if "unk" in ids else "[UNK]"
+    tok = Tokenizer(WordPiece({t: i for i, t in enumerate(tokens)}, unk_token=unk, continuing_subword_prefix="##",
+                              max_input_chars_per_word=100))
+    # GGUF records no do_lower_case (llama.cpp always lower-cases); an uncased vocabulary has no
+    # upper-case letters outside its CONTROL tokens and the converter's "[PAD{i}]" fillers (UNUSED),
+    # so any there means the original was cased.
+    cased = any(ty not in (CONTROL, UNUSED) and t != t.lower() for t, ty in zip(tokens, types))
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None,
+                                                lowercase=not cased)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    _add_special_tokens(tok, tokens, types, byte_level=False)
+    cls, sep = tokens[ids["cls"]], tokens[ids["sep"]]
+    tok.post_processor = processors.TemplateProcessing(
+        single=[cls, "$A:0", sep], pair=[cls, "$A:0", sep, "$B:1", f"{sep}:1"],
+        special_tokens=[(cls, ids["cls"]), (sep, ids["sep"])],
+    )
+    config: dict[str, Any] = {
+        "tokenizer_class": "PreTrainedTokenizerFast", "do_lower_case": not cased,
+        **{f"{name}_token": tokens[i] for name, i in ids.items()},
+        "clean_up_tokenization_spaces": True,
+    }
     return tok.to_str(), config
 
 
