@@ -24,7 +24,6 @@ import family_harness as fh
 import tiny_bert_gguf as tb
 import tiny_encoders as te
 import tiny_models
-from apr_qa.arch import architecture_for
 from apr_qa.certify.gateways import g0_integrity
 from apr_qa.convert import convert
 from apr_qa.evaluation.oracle import RELATIVE_LIMIT

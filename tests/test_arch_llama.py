@@ -43,6 +43,15 @@ def test_llama_gguf_reads_back(tiny_llama, tiny_gguf):
     fh.gguf_reads_back(tiny_llama, tiny_gguf("F32"))
 
 
+@pytest.mark.parametrize("form", ["qwen2", "mqa", "mistral_window"])
+def test_gguf_reads_back(form, tiny_dir, tmp_path):
+    """Qwen2 GGUFs keep Q/K rows as they are (and carry QKV biases); llama's are permuted, with the
+    single KV head for K under MQA. Mistral is written as a llama GGUF (its window is not recorded)."""
+    hf_dir = _make(tiny_dir, form)
+    gguf_path = tiny_models.make_tiny_gguf(hf_dir, tmp_path / f"{form}.gguf")
+    fh.gguf_reads_back(hf_dir, gguf_path)
+
+
 def test_block_size_misfit_falls_back_to_f16(tiny_dir, tmp_path):
     """GQA 5:1 with head_dim 40: rows of 200 values are not whole 32-value blocks. q8_0 stores those
     matrices as F16 (llama.cpp's fallback), says so in the notes, and passes every gate."""

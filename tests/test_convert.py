@@ -14,7 +14,6 @@ from apr_qa.apr import AprReader
 from apr_qa.cli import main
 from apr_qa.dtypes import QUANT_LEVELS, DType
 from apr_qa.fsutil import sha256_file
-from apr_qa.sources import open_source
 
 
 def convert(src, out, quant, *extra):

@@ -90,7 +90,8 @@ def _pooling_type(hf_dir: Path):
     if path is None:
         return None
     pooling = json.loads((hf_dir / path / "config.json").read_text())
-    for key, kind in (("pooling_mode_mean_tokens", gguf.PoolingType.MEAN), ("pooling_mode_cls_token", gguf.PoolingType.CLS),
+    for key, kind in (("pooling_mode_mean_tokens", gguf.PoolingType.MEAN),
+                      ("pooling_mode_cls_token", gguf.PoolingType.CLS),
                       ("pooling_mode_lasttoken", gguf.PoolingType.LAST)):
         if pooling.get(key):
             return kind

@@ -253,9 +253,10 @@ def add_bpe_tokenizer(writer, hf_dir, pre: str = "smollm") -> None:
 
 
 def make_tiny_gguf(hf_dir, out_path, *, qtype: str = "F32") -> Path:
-    """A llama GGUF of the HF folder written the way convert_hf_to_gguf.py writes it: GGUF names,
-    Q/K permuted, GGML dims, tokenizer.ggml.* keys with merges and chat template. 1-D tensors stay
-    F32; 2-D ones are stored as `qtype` (F32, F16, BF16, Q8_0, Q4_0, Q4_1)."""
+    """A llama (or Qwen2) GGUF of the HF folder written the way convert_hf_to_gguf.py writes it: GGUF
+    names, llama's Q/K permuted (LlamaModel; Qwen2Model leaves them), GGML dims, tokenizer.ggml.* keys
+    with merges and chat template. 1-D tensors stay F32; 2-D ones are stored as `qtype` (F32, F16,
+    BF16, Q8_0, Q4_0, Q4_1)."""
     import gguf
     from safetensors.torch import load_file
 
@@ -266,8 +267,9 @@ def make_tiny_gguf(hf_dir, out_path, *, qtype: str = "F32") -> Path:
         state.update({n: t.float().numpy() for n, t in load_file(f).items()})
 
     heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    names = gguf.TensorNameMap(gguf.MODEL_ARCH.LLAMA, cfg["num_hidden_layers"])  # as convert_hf_to_gguf.py maps
-    writer = gguf.GGUFWriter(out_path, "llama")
+    arch = gguf.MODEL_ARCH.QWEN2 if cfg["model_type"] == "qwen2" else gguf.MODEL_ARCH.LLAMA  # Mistral is llama
+    names = gguf.TensorNameMap(arch, cfg["num_hidden_layers"])  # as convert_hf_to_gguf.py maps
+    writer = gguf.GGUFWriter(out_path, gguf.MODEL_ARCH_NAMES[arch])
     writer.add_name("tiny-llama")
     writer.add_block_count(cfg["num_hidden_layers"])
     writer.add_context_length(cfg["max_position_embeddings"])
@@ -277,16 +279,19 @@ def make_tiny_gguf(hf_dir, out_path, *, qtype: str = "F32") -> Path:
     writer.add_head_count_kv(kv)
     writer.add_rope_freq_base(cfg["rope_theta"])
     writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
-    writer.add_rope_dimension_count(cfg["hidden_size"] // heads)
+    writer.add_rope_dimension_count(cfg.get("head_dim") or cfg["hidden_size"] // heads)
+    if cfg.get("head_dim"):
+        writer.add_key_length(cfg["head_dim"])
+        writer.add_value_length(cfg["head_dim"])
     writer.add_vocab_size(cfg["vocab_size"])
 
     add_bpe_tokenizer(writer, hf_dir)
 
     qt = gguf.GGMLQuantizationType[qtype]
     for name, w in state.items():
-        if name.endswith("q_proj.weight"):
+        if arch == gguf.MODEL_ARCH.LLAMA and name.endswith(("q_proj.weight", "q_proj.bias")):
             w = permute(w, heads, heads)
-        elif name.endswith("k_proj.weight"):
+        elif arch == gguf.MODEL_ARCH.LLAMA and name.endswith(("k_proj.weight", "k_proj.bias")):
             w = permute(w, heads, kv)
         gname = names.get_name(name, try_suffixes=(".weight", ".bias"))
         if w.ndim == 1 or qt == gguf.GGMLQuantizationType.F32:

@@ -114,10 +114,10 @@ class Bert(Architecture):
                 out_norm=w.norm(p + "output.LayerNorm"),
             ))
         weights = EncoderWeights(
-            word=w.get(p0 + "embeddings.word_embeddings.weight"), position=w.get(p0 + "embeddings.position_embeddings.weight"),
+            word=w.get(p0 + "embeddings.word_embeddings.weight"),
+            position=w.get(p0 + "embeddings.position_embeddings.weight"),
             token_type=w.get(p0 + "embeddings.token_type_embeddings.weight") if self.type_vocab_size else None,
-            embed_norm=w.norm(p0 + "embeddings.LayerNorm"),
-            layers=layers)
+            embed_norm=w.norm(p0 + "embeddings.LayerNorm"), layers=layers)
         tokenizer = Tokenizer(source.tokenizer_json, source.tokenizer_config, self.config, source.path)
         return EncoderModel(self.hp, weights, tokenizer, self.config, device, dtype,
                             pooling_mode(getattr(source, "pooling_config", None)))

@@ -28,7 +28,10 @@ VARIANT_CODECS = {
 }
 CODEC_COMMON = ["quant/__init__.py", "quant/common.py"]
 CORE = ["dtypes.py", "errors.py", "fsutil.py", "metadata.py"]
-READERS = ["apr/", "sources/"]
+# The architecture registry decides names, layouts, quantization exemptions and the runtime graph of
+# every family; all of it is hashed (an edit to one family reruns every model's conversion, never
+# leaves one stale: which family a model is becomes known only after its download).
+READERS = ["apr/", "sources/", "arch/"]
 CONVERTER = ["convert.py", "commands/convert.py", *READERS, *CORE]
 
 STAGES: dict[str, tuple[list[str], list[str], bool]] = {
