@@ -1,18 +1,30 @@
-"""Throughput of apr_qa.quant next to gguf-py's numpy quantizers, same data, same run.
+"""Throughput of apr_qa.quant next to its peers, same data, same run.
 
-Prints MB/s of float32 input (quantize) or float32 output (dequantize): ours with torch limited
-to 1 thread (a fair match for gguf-py, which is single-threaded numpy) and with 2 threads, and
-gguf-py. Checks that both produce the same bytes before timing anything. Times are wall-clock,
-best of --repeat runs, measured in turn (gguf-py, ours 1 thread, ours 2 threads) so a busy
-machine slows all alike; the best run is the one least disturbed.
+Prints MB/s of float32 input (quantize) or float32 output (dequantize) for:
+  ours 1thr / 2thr  apr_qa.quant.quantize with 1 or 2 threads (torch threads and $APR_QA_QUANT_THREADS)
+  numpy port        the numpy fallback of the compiled quantizers (Q4_0, Q4_K, Q6_K), 1 thread
+  gguf-py           gguf.quants (numpy, single-threaded; it has no K-quant quantizer)
+  llama.cpp         ggml_quantize_chunk, the function llama.cpp's quantizer calls per tensor (1 thread,
+                    reference code), when llama_cpp is importable or APR_QA_GGML_LIB names libggml-base
+and our best speed over each peer's. Checks that every quantizer produces the same bytes before
+timing anything. Each figure is the median wall time of --repeat runs, the candidates measured in
+turn within each repeat so that a busy machine slows all alike; the load average is printed.
 
-    python scripts/bench_quant.py [--mb 64] [--repeat 5]
+    python scripts/bench_quant.py [--mb 64] [--q4k-mb 16] [--repeat 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib.util
+import os
+import statistics
 import time
+from pathlib import Path
+
+# As apr-qa's CLI does, before torch loads: OpenMP spin-waiting starves 2-thread torch on a shared machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import torch
@@ -20,70 +32,106 @@ from gguf import GGMLQuantizationType as GT
 from gguf import quants as gq
 
 from apr_qa.dtypes import DType
-from apr_qa.quant import dequantize, quantize
+from apr_qa.quant import THREADS_ENV, dequantize, native, q4_0, q4_k, q6_k, quantize
 
 PEERS = {DType.Q8_0: GT.Q8_0, DType.Q4_0: GT.Q4_0, DType.BF16: GT.BF16, DType.F16: GT.F16}
+PORTS = {DType.Q4_0: q4_0, DType.Q4_K: q4_k, DType.Q6_K: q6_k}
+LLAMACPP_NAMES = {DType.Q4_0: "q4_0", DType.Q8_0: "q8_0", DType.Q4_K: "q4_k", DType.Q6_K: "q6_k"}
 THREADS = (1, 2)
+COLUMNS = [*THREADS, "numpy port", "gguf-py", "llama.cpp"]
+PEER_COLUMNS = ("gguf-py", "llama.cpp")
 
 
-def best_seconds(fns: dict, repeat: int) -> dict:
-    """Best wall time of each callable, interleaving them; keys with an int are torch thread counts."""
-    best = dict.fromkeys(fns, float("inf"))
+def load_llamacpp():
+    """(script module, libggml) through scripts/make_q4k_golden.py's binding, or None."""
+    lib_path = os.environ.get("APR_QA_GGML_LIB")
+    if not lib_path and importlib.util.find_spec("llama_cpp") is None:
+        return None
+    spec = importlib.util.spec_from_file_location("make_q4k_golden", Path(__file__).with_name("make_q4k_golden.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    try:
+        return script, script.load_ggml(lib_path or None)
+    except (ImportError, OSError) as exc:
+        print(f"llama.cpp column skipped: {exc}")
+        return None
+
+
+def set_threads(n: int) -> None:
+    torch.set_num_threads(n)
+    os.environ[THREADS_ENV] = str(n)
+
+
+def median_seconds(fns: dict, repeat: int) -> dict:
+    """Median wall time of each callable, interleaving them; int keys are thread counts for ours."""
+    times = {key: [] for key in fns}
     for _ in range(repeat):
         for key, fn in fns.items():
-            if isinstance(key, int):
-                torch.set_num_threads(key)
+            set_threads(key if isinstance(key, int) else 1)
             start = time.perf_counter()
             fn()
-            best[key] = min(best[key], time.perf_counter() - start)
-    return best
+            times[key].append(time.perf_counter() - start)
+    return {key: statistics.median(t) for key, t in times.items()}
 
 
 def row(dtype: DType, op: str, size: float, t: dict) -> str:
-    ours = " ".join(f"{size / t[n]:10.0f}" for n in THREADS)
-    if "peer" not in t:
-        return f"{dtype.name:6} {op:10} {ours} {'(none)':>10}"
-    ratios = " ".join(f"{t['peer'] / t[n]:7.1f}x" for n in THREADS)
-    return f"{dtype.name:6} {op:10} {ours} {size / t['peer']:10.0f} {ratios}"
+    cells = " ".join(f"{size / t[c]:10.0f}" if c in t else f"{'-':>10}" for c in COLUMNS)
+    best = min(t[n] for n in THREADS)
+    ratios = " ".join(f"{t[p] / best:9.1f}x" if p in t else f"{'-':>10}" for p in PEER_COLUMNS)
+    return f"{dtype.name:6} {op:10} {cells} {ratios}"
+
+
+def port_bytes(dtype: DType, data: np.ndarray) -> np.ndarray:
+    blocks = data.reshape(-1, dtype.block_elems)
+    out = np.empty((blocks.shape[0], dtype.block_bytes), np.uint8)
+    PORTS[dtype].quantize_blocks_numpy(blocks, out)
+    return out.reshape(-1)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mb", type=float, default=64, help="float32 input size in MB (default 64)")
-    ap.add_argument("--q4k-mb", type=float, default=8, help="input size for the slower K-quants")
+    ap.add_argument("--q4k-mb", type=float, default=16, help="input size for the K-quants (default 16)")
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
 
+    llamacpp = load_llamacpp()
     rng = np.random.default_rng(0)
     cols = 4096
     rows = max(1, int(args.mb * 2**20 / 4 / cols))
     x = rng.standard_normal((rows, cols), dtype=np.float32) * np.float32(0.02)
-    mb = x.nbytes / 2**20
-    print(f"input: float32 {rows}x{cols} = {mb:.0f} MB (K-quants: first {args.q4k_mb:g} MB), "
-          f"N(0, 0.02), best of {args.repeat}, wall time; MB/s")
-    head = " ".join(f"{f'ours {n}thr':>10}" for n in THREADS)
-    ratios = " ".join(f"{f'x {n}thr':>8}" for n in THREADS)
-    print(f"{'dtype':6} {'operation':10} {head} {'gguf-py':>10} {ratios}")
+    compiled = "compiled kernels" if native.library() is not None else "NO compiled kernels (numpy ports)"
+    print(f"input: float32 {rows}x{cols} = {x.nbytes / 2**20:.0f} MB (K-quants: first {args.q4k_mb:g} MB), "
+          f"N(0, 0.02); median of {args.repeat} interleaved runs, wall time; {compiled}; "
+          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    head = " ".join(f"{f'ours {c}thr' if isinstance(c, int) else c:>10}" for c in COLUMNS)
+    ratios = " ".join(f"{'/ ' + p:>10}" for p in PEER_COLUMNS)
+    print(f"{'dtype':6} {'operation':10} {head} {ratios}   (MB/s; ratios: best ours over the peer)")
 
     for dtype in (DType.Q8_0, DType.Q4_0, DType.F16, DType.BF16, DType.Q4_K, DType.Q6_K):
         slow = dtype in (DType.Q4_K, DType.Q6_K)
         data = x[: max(1, int(args.q4k_mb * 2**20 / 4 / cols))] if slow else x
         size = data.nbytes / 2**20
         ours_raw = quantize(dtype, data)
-        peer = PEERS.get(dtype)
-        fns = {n: lambda: quantize(dtype, data) for n in THREADS}
-        if peer is not None:
-            peer_raw = np.asarray(gq.quantize(data, peer)).view(np.uint8).reshape(-1)
-            if not np.array_equal(ours_raw, peer_raw):
-                raise SystemExit(f"{dtype.name}: bytes differ from gguf-py, refusing to compare speed")
-            fns["peer"] = lambda: gq.quantize(data, peer)
-        print(row(dtype, "quantize", size, best_seconds(fns, args.repeat)), flush=True)
+        fns = {n: functools.partial(quantize, dtype, data) for n in THREADS}
+        if dtype in PORTS:
+            fns["numpy port"] = functools.partial(port_bytes, dtype, data)
+        if dtype in PEERS:
+            fns["gguf-py"] = functools.partial(gq.quantize, data, PEERS[dtype])
+        if llamacpp is not None and dtype in LLAMACPP_NAMES:
+            script, lib = llamacpp
+            fns["llama.cpp"] = functools.partial(script.ggml_quantize, lib, LLAMACPP_NAMES[dtype], data)
+        references = {who: np.asarray(fn()).view(np.uint8).reshape(-1) for who, fn in fns.items() if who in COLUMNS[2:]}
+        for who, ref in references.items():
+            if not np.array_equal(ours_raw, ref):
+                raise SystemExit(f"{dtype.name}: bytes differ from {who}, refusing to compare speed")
+        print(row(dtype, "quantize", size, median_seconds(fns, args.repeat)), flush=True)
 
         peer_dq = PEERS.get(dtype) or GT[dtype.name]
         grid = ours_raw.reshape(data.shape[0], -1)
-        fns = {n: lambda: dequantize(dtype, ours_raw, data.shape) for n in THREADS}
-        fns["peer"] = lambda: gq.dequantize(grid, peer_dq)
-        print(row(dtype, "dequantize", size, best_seconds(fns, args.repeat)), flush=True)
+        fns = {n: functools.partial(dequantize, dtype, ours_raw, data.shape) for n in THREADS}
+        fns["gguf-py"] = functools.partial(gq.dequantize, grid, peer_dq)
+        print(row(dtype, "dequantize", size, median_seconds(fns, args.repeat)), flush=True)
 
 
 if __name__ == "__main__":

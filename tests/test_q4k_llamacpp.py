@@ -45,6 +45,7 @@ def test_quantize_matches_recorded_llamacpp_bytes(golden, name):
 def test_q4_k_exact_rounding_path_matches_recorded_bytes(golden, monkeypatch):
     # The port rounds with np.rint where that provably equals ggml's nearest_int and emulates the
     # C bit trick otherwise; force the emulation everywhere to prove it exact as well.
+    monkeypatch.setenv("APR_QA_NATIVE_QUANT", "0")  # the numpy port, not the compiled kernel
     monkeypatch.setattr(q4_k, "_RINT_SAFE", np.float32(0))
     assert np.array_equal(quantize(DType.Q4_K, golden["inputs"]), golden["q4_k"])
 

@@ -1,6 +1,11 @@
-"""apr_qa.quant against gguf-py (byte for byte) and torch (BF16), plus padding and size rules."""
+"""apr_qa.quant against gguf-py (byte for byte) and torch (BF16), padding and size rules, and the compiled
+quantizers against the numpy ports and llama.cpp's recorded bytes."""
 
 from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,8 +14,7 @@ from gguf import quants as gq
 
 from apr_qa.dtypes import DType
 from apr_qa.errors import FormatError
-from apr_qa.quant import dequantize, quantize
-from apr_qa.quant import q4_k
+from apr_qa.quant import THREADS_ENV, dequantize, native, q4_0, q4_k, q6_k, quantize
 
 RNG = np.random.default_rng(12345)
 
@@ -224,3 +228,136 @@ def test_bf16_nan_stays_nan_with_ggml_payload():
     # torch canonicalizes every NaN to 0x7FC0; ggml keeps sign and top payload bits (forced quiet).
     assert torch.from_numpy(x).to(torch.bfloat16).float().isnan().all()
     assert ours.tolist() == [0x7FC0, 0xFFC0, 0x7FC0, 0xFFC1]
+
+
+# --- compiled kernels (quant/native.py) and the numpy ports they stand in for ------------------
+
+GOLDEN = Path(__file__).parent / "data" / "q4k_llamacpp_golden.npz"
+PORTS = {DType.Q4_0: q4_0, DType.Q4_K: q4_k, DType.Q6_K: q6_k}
+
+
+@pytest.fixture
+def fresh_native(monkeypatch):
+    """native.library() rebuilt under this test's environment, then forgotten again."""
+    native._library.cache_clear()
+    yield monkeypatch
+    monkeypatch.undo()
+    native._library.cache_clear()
+
+
+def _compiled_or_skip():
+    lib = native.library()
+    if lib is None:
+        pytest.skip("no C compiler: the compiled quantizers are unavailable, the numpy ports run instead")
+    return lib
+
+
+def _port_bytes(dtype: DType, x: np.ndarray) -> np.ndarray:
+    blocks = np.ascontiguousarray(x, np.float32).reshape(-1, dtype.block_elems)
+    out = np.empty((blocks.shape[0], dtype.block_bytes), np.uint8)
+    with np.errstate(all="ignore"):
+        PORTS[dtype].quantize_blocks_numpy(blocks, out)
+    return out.reshape(-1)
+
+
+def _kernel_bytes(lib, dtype: DType, x: np.ndarray) -> np.ndarray:
+    blocks = np.ascontiguousarray(x, np.float32).reshape(-1, dtype.block_elems)
+    out = np.empty((blocks.shape[0], dtype.block_bytes), np.uint8)
+    getattr(lib, f"{dtype.name.lower()}_quantize")(blocks.ctypes.data, out.ctypes.data, blocks.shape[0])
+    return out.reshape(-1)
+
+
+@pytest.mark.parametrize("rint_safe", [q4_k._RINT_SAFE, np.float32(0)], ids=["fast-rounding", "exact-rounding"])
+@pytest.mark.parametrize("dtype", sorted(PORTS, key=lambda d: d.name))
+def test_numpy_ports_match_recorded_llamacpp_bytes(dtype, rint_safe, monkeypatch):
+    # The fallback when no compiler is present; Q4_K's port rounds with np.rint where that provably
+    # equals ggml's nearest_int and emulates the bit trick otherwise (forced everywhere here).
+    monkeypatch.setattr(q4_k, "_RINT_SAFE", rint_safe)
+    with np.load(GOLDEN) as golden:
+        np.testing.assert_array_equal(_port_bytes(dtype, golden["inputs"]), golden[dtype.name.lower()])
+
+
+def _kernel_cases() -> np.ndarray:
+    rng = np.random.default_rng(99)
+    rows = [v.reshape(-1, 256) for v in CASES.values()]
+    rows += [
+        rng.standard_normal((8, 256)) * 10.0 ** rng.uniform(-12, 6, (8, 1)),
+        rng.standard_normal((4, 256)) * np.repeat(10.0 ** rng.uniform(-8, 4, (4, 16)), 16, axis=1),
+        -np.abs(rng.standard_normal((4, 256))),
+        rng.standard_t(1, (4, 256)),
+        np.repeat(rng.standard_normal((4, 16)), 16, axis=1),  # constant sub-blocks
+        rng.standard_normal((2, 256)) * 1e-39,  # float32 subnormals
+        rng.standard_normal((2, 256)) * 1e30,  # x*x overflows: NaN scales that ggml's scan skips
+    ]
+    x = np.concatenate(rows).astype(np.float32)
+    bf16 = (x.view(np.uint32) & 0xFFFF0000).view(np.float32)  # real weights are often bf16 values
+    return np.concatenate([x, bf16])
+
+
+@pytest.mark.parametrize("dtype", sorted(PORTS, key=lambda d: d.name))
+def test_compiled_kernels_match_numpy_ports(dtype):
+    lib = _compiled_or_skip()
+    x = _kernel_cases()
+    np.testing.assert_array_equal(_kernel_bytes(lib, dtype, x), _port_bytes(dtype, x))
+
+
+def test_generic_build_matches_recorded_llamacpp_bytes(tmp_path):
+    # The cached build targets this CPU (-march=native: 8 lanes with AVX2); a build for the baseline
+    # target runs 4 lanes per vector, a different code path through the same source.
+    _compiled_or_skip()
+    path = tmp_path / "generic.so"
+    subprocess.run([native._compiler(), *native.FLAGS, "-o", str(path), str(native.SOURCE), "-lm"], check=True)
+    lib = native._bind(path)
+    with np.load(GOLDEN) as golden:
+        for dtype in PORTS:
+            np.testing.assert_array_equal(_kernel_bytes(lib, dtype, golden["inputs"]), golden[dtype.name.lower()])
+    x = _kernel_cases()
+    np.testing.assert_array_equal(_kernel_bytes(lib, DType.Q4_K, x), _kernel_bytes(native.library(), DType.Q4_K, x))
+
+
+def test_disabled_kernels_fall_back_to_the_numpy_ports(monkeypatch):
+    monkeypatch.setenv(native.DISABLE_ENV, "0")
+    x = CASES["normal"]
+    out = np.empty((x.size // 256, 144), np.uint8)
+    assert not native.run("q4_k", x.reshape(-1, 256), out)
+    with np.load(GOLDEN) as golden:
+        np.testing.assert_array_equal(quantize(DType.Q4_K, golden["inputs"]), golden["q4_k"])
+
+
+def test_missing_compiler_warns_and_falls_back(fresh_native, tmp_path):
+    fresh_native.setenv("CC", str(tmp_path / "no-such-cc"))
+    fresh_native.setenv("PATH", str(tmp_path))  # no cc, gcc or clang either
+    with pytest.warns(RuntimeWarning, match="no C compiler found"):
+        assert native.library() is None
+    x = CASES["wide"]
+    np.testing.assert_array_equal(quantize(DType.Q6_K, x), _port_bytes(DType.Q6_K, x))
+
+
+def test_failing_compiler_warns_and_falls_back(fresh_native, tmp_path):
+    false = shutil.which("false")
+    if false is None:
+        pytest.skip("no `false` program to stand in for a failing compiler")
+    fresh_native.setenv("CC", false)
+    fresh_native.setenv(native.CACHE_ENV, str(tmp_path / "cache"))
+    with pytest.warns(RuntimeWarning, match="cannot build kernels.c"):
+        assert native.library() is None
+    assert not list((tmp_path / "cache").glob("*.so"))  # nothing half-built left behind
+
+
+def test_build_is_cached_per_source_and_cpu(fresh_native, tmp_path):
+    _compiled_or_skip()
+    fresh_native.setenv(native.CACHE_ENV, str(tmp_path))
+    cc = native._compiler()
+    first = native._build(cc)
+    stamp = first.stat().st_mtime_ns
+    assert native._build(cc) == first and first.stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no build folders left
+
+
+@pytest.mark.parametrize("dtype", [DType.Q4_K, DType.Q6_K])
+def test_k_quant_bytes_do_not_depend_on_threads(dtype, monkeypatch):
+    x = np.tile(np.concatenate([CASES["normal"], CASES["zero_blocks"], CASES["wide"]]), (30, 1))  # 6 chunks
+    monkeypatch.setenv(THREADS_ENV, "1")
+    one = quantize(dtype, x)
+    monkeypatch.setenv(THREADS_ENV, "3")
+    np.testing.assert_array_equal(quantize(dtype, x), one)

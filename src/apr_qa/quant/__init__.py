@@ -6,12 +6,17 @@
 Rows (the last dimension) are zero-padded to whole blocks; dequantize drops the padding.
 Each dtype lives in its own self-contained module exposing quantize_blocks(blocks, out) and
 dequantize_blocks(raw, out) over (n, block_elems) float32 and (n, block_bytes) uint8 arrays;
-this module only pads, chunks and dispatches.
+this module only pads, chunks and dispatches. Q4_0, Q4_K and Q6_K quantize with compiled kernels
+(native.py) when a C compiler is available, else with their numpy ports; the bytes are the same.
+The K-quants, the slow ones, quantize chunks on every CPU the process may use
+($APR_QA_QUANT_THREADS overrides the count).
 """
 
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
@@ -36,6 +41,22 @@ _CODECS: dict[DType, Codec] = {
 # large enough to amortize numpy's per-call overhead (the K-quants make hundreds of calls per step).
 _CHUNK_ELEMS = {DType.F32: 1 << 22, DType.F16: 1 << 22, DType.BF16: 1 << 22, DType.Q8_0: 1 << 18, DType.Q4_0: 1 << 18}
 _DEFAULT_CHUNK_ELEMS = 1 << 16
+
+
+# Quantizers worth splitting across threads: hundreds of float operations per weight, all in
+# compiled code or numpy calls that release the GIL. The others are memory-bound (measured no gain).
+_THREADED = {DType.Q4_K, DType.Q6_K}
+THREADS_ENV = "APR_QA_QUANT_THREADS"
+
+
+def quantize_threads() -> int:
+    """Threads the K-quants use: $APR_QA_QUANT_THREADS, else the CPUs this process may run on."""
+    if os.environ.get(THREADS_ENV):
+        return max(1, int(os.environ[THREADS_ENV]))
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _rows_cols(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -64,8 +85,15 @@ def quantize(dtype: DType, x: np.ndarray) -> np.ndarray:
         padded[:, :cols] = x.reshape(rows, cols)
         src = padded.reshape(rows * per_row, dtype.block_elems)
     out = np.empty((src.shape[0], dtype.block_bytes), np.uint8)
-    for part in _chunks(src.shape[0], dtype):
-        encode(src[part], out[part])
+    parts = list(_chunks(src.shape[0], dtype))
+    threads = min(quantize_threads(), len(parts)) if dtype in _THREADED else 1
+    if threads > 1:
+        with ThreadPoolExecutor(threads, thread_name_prefix="apr-qa-quant") as pool:
+            for _ in pool.map(lambda part: encode(src[part], out[part]), parts):
+                pass
+    else:
+        for part in parts:
+            encode(src[part], out[part])
     return out.reshape(-1)
 
 

@@ -4,13 +4,17 @@ Byte-identical to ggml's `quantize_row_q4_0_ref`: d = max / -8 where max is the 
 largest magnitude (sign kept), q = min(15, trunc(x / d + 8.5)); elements 0-15 go in the low
 nibbles, 16-31 in the high nibbles.
 
-Quantizing runs on torch (in-place, SIMD, integer reductions) over numpy views of the same memory;
-the per-block scalars stay in numpy so their IEEE division is exactly C's.
+quantize_blocks runs the same arithmetic compiled from kernels.c (native.py) when a C compiler is
+available. The port here is the fallback, and the reference the compiled kernel must match at load:
+it runs on torch (in-place, SIMD, integer reductions) over numpy views of the same memory, the
+per-block scalars in numpy so that their IEEE division is exactly C's.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from . import native
 
 
 def _signed_absmax(blocks: np.ndarray, x) -> np.ndarray:
@@ -33,6 +37,12 @@ def _signed_absmax(blocks: np.ndarray, x) -> np.ndarray:
 
 
 def quantize_blocks(blocks: np.ndarray, out: np.ndarray) -> None:
+    """Quantize (n, block_elems) float32 into (n, block_bytes): the compiled kernel, else the numpy port."""
+    if not native.run("q4_0", blocks, out):
+        quantize_blocks_numpy(blocks, out)
+
+
+def quantize_blocks_numpy(blocks: np.ndarray, out: np.ndarray) -> None:
     import torch
 
     n = blocks.shape[0]

@@ -8,11 +8,16 @@ av_x + |x|, nmax 15, rmin -1, rdelta 0.1, 20 steps, squared error), vectorized o
 It reproduces the C float32 arithmetic operation by operation, so its bytes equal llama.cpp's:
 sub-blocks are laid out transposed as (32, n) so every sum over 32 values is accumulated in the
 C loop's order, one row at a time (numpy's own sum would regroup terms pairwise).
+
+quantize_blocks runs the same arithmetic compiled from kernels.c (native.py) when a C compiler is
+available; this port is the fallback, and the reference the compiled kernel must match at load.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from . import native
 
 NMAX = 15
 RMIN = np.float32(-1.0)
@@ -120,6 +125,12 @@ def _to_6bit(values: np.ndarray, top: np.ndarray) -> np.ndarray:
 
 
 def quantize_blocks(blocks: np.ndarray, out: np.ndarray) -> None:
+    """Quantize (n, block_elems) float32 into (n, block_bytes): the compiled kernel, else the numpy port."""
+    if not native.run("q4_k", blocks, out):
+        quantize_blocks_numpy(blocks, out)
+
+
+def quantize_blocks_numpy(blocks: np.ndarray, out: np.ndarray) -> None:
     n = blocks.shape[0]
     x = blocks.reshape(n * 8, 32).T.copy()  # (32, sub-blocks), C order
     sum_x2 = _seq_sum(x * x)

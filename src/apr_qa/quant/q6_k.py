@@ -8,11 +8,16 @@ l + 64, l + 96 at shifts 0, 2, 4, 6.
 The quantizer ports ggml's `quantize_row_q6_K_ref` / `make_qx_quants` (rmse_type 1, weights
 x**2, 18 trial scales) with the C float32 operation order, vectorized over 16-weight sub-blocks
 laid out transposed as (16, m) so sums accumulate in the C loop's order.
+
+quantize_blocks runs the same arithmetic compiled from kernels.c (native.py) when a C compiler is
+available; this port is the fallback, and the reference the compiled kernel must match at load.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from . import native
 
 _QH_SHIFTS = np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 4, 1)
 NMAX = 32
@@ -75,11 +80,19 @@ def _make_qx_quants(x: np.ndarray):
 
 
 def quantize_blocks(blocks: np.ndarray, out: np.ndarray) -> None:
+    """Quantize (n, block_elems) float32 into (n, block_bytes): the compiled kernel, else the numpy port."""
+    if not native.run("q6_k", blocks, out):
+        quantize_blocks_numpy(blocks, out)
+
+
+def quantize_blocks_numpy(blocks: np.ndarray, out: np.ndarray) -> None:
     n = blocks.shape[0]
     x = blocks.reshape(n * 16, 16).T.copy()  # (16, sub-blocks), C order
     levels, scales = _make_qx_quants(x)
 
-    top = _first_absmax(scales.reshape(n, 16).T.copy())
+    # ggml's `abs_scale > max_abs_scale` scan never picks a NaN scale (from |x| > 1.8e19, where x*x
+    # overflows); an all-NaN block stays below the threshold and is zeroed.
+    top = _first_absmax(np.where(np.isnan(scales), np.float32(0), scales).reshape(n, 16).T.copy())
     empty = np.abs(top) < GROUP_MAX_EPS
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         iscale = np.float32(-128) / top

@@ -16,6 +16,10 @@ from pathlib import Path
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # src/apr_qa
 
+# The compiled quantizers (Q4_0, Q4_K, Q6_K) and their loader: their bytes equal the numpy ports', but
+# a change to them must still rebuild what they encoded.
+NATIVE_QUANT = ["quant/kernels.c", "quant/native.py"]
+
 # The codec modules each variant's bytes go through (encode in convert, decode in validate/evaluate).
 # q4_k keeps Q6_K source tensors as Q6_K (convert.stored_dtype), so its files also hold q6_k blocks.
 VARIANT_CODECS = {
@@ -23,8 +27,8 @@ VARIANT_CODECS = {
     "f16": ["quant/floats.py"],
     "bf16": ["quant/floats.py"],
     "q8_0": ["quant/q8_0.py"],
-    "q4_0": ["quant/q4_0.py"],
-    "q4_k": ["quant/q4_k.py", "quant/q6_k.py"],
+    "q4_0": ["quant/q4_0.py", *NATIVE_QUANT],
+    "q4_k": ["quant/q4_k.py", "quant/q6_k.py", *NATIVE_QUANT],
 }
 CODEC_COMMON = ["quant/__init__.py", "quant/common.py"]
 CORE = ["dtypes.py", "errors.py", "fsutil.py", "metadata.py"]
@@ -64,7 +68,7 @@ def components(stage: str, variant: str | None = None) -> tuple[list[Path], dict
     for entry in entries:
         path = PACKAGE_ROOT / entry
         if entry.endswith("/"):
-            files.update(path.rglob("*.py"))
+            files.update(p for p in path.rglob("*") if p.suffix in (".py", ".c"))  # C kernels are code too
         elif path.exists():
             files.add(path)
     return sorted(files), {dist: _version(dist) for dist in dists}

@@ -1,0 +1,178 @@
+"""The compiled block quantizers of kernels.c, built on first use with the system C compiler.
+
+The K-quant searches make thousands of float32 operations per weight; numpy runs them as hundreds
+of whole-array passes (tens of MB/s), a C loop runs them in registers (hundreds of MB/s). Both
+produce llama.cpp's bytes. The library is compiled once per source version into a cache folder
+($APR_QA_NATIVE_CACHE, else $XDG_CACHE_HOME/apr-qa or ~/.cache/apr-qa) and must reproduce the
+numpy ports on edge-case blocks before it is used. Without a compiler, or with
+APR_QA_NATIVE_QUANT=0, the numpy ports run instead: same bytes, slower.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+SOURCE = Path(__file__).with_name("kernels.c")
+DISABLE_ENV = "APR_QA_NATIVE_QUANT"
+CACHE_ENV = "APR_QA_NATIVE_CACHE"
+# -ffp-contract=off: no fused multiply-add, each product rounded as in ggml's reference build.
+# -fno-math-errno only lets sqrtf compile to one instruction; it stays correctly rounded.
+FLAGS = ["-O3", "-std=c11", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno"]
+# The kernels' vectors follow the build target: -march=native doubles their speed on AVX2 CPUs.
+# The library is then specific to this CPU, so the cache key includes the CPU's feature flags.
+NATIVE_FLAGS = ["-march=native"]
+KERNELS = ("q4_0_quantize", "q4_k_quantize", "q6_k_quantize")
+
+
+def _cache_dir() -> Path:
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "apr-qa"
+
+
+def _compiler() -> str | None:
+    return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
+
+
+def _cpu_fingerprint() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return platform.processor()
+
+
+def _compile(cc: str, flags: list[str], target: Path) -> Path:
+    """Compile kernels.c into `target` (atomically: concurrent builders each install a whole library)."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
+    except OSError:  # read-only cache: build into a private temporary folder instead
+        work = Path(tempfile.mkdtemp(prefix="apr-qa-kernels-"))
+        target = work / target.name
+    out = work / target.name
+    try:
+        subprocess.run([cc, *flags, "-o", str(out), str(SOURCE), "-lm"], check=True, capture_output=True, text=True)
+        os.replace(out, target)
+    finally:
+        if work != target.parent:
+            shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def _build(cc: str) -> Path:
+    """The compiled library for this source, compiler and CPU, from the cache or built now."""
+    errors = []
+    for flags in (FLAGS + NATIVE_FLAGS, FLAGS):  # a compiler without -march=native gets a generic build
+        key = "\n".join([SOURCE.read_text(), cc, *flags, platform.machine(), sys.platform, _cpu_fingerprint()])
+        target = _cache_dir() / f"quant-kernels-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
+        if target.exists():
+            return target
+        try:
+            return _compile(cc, flags, target)
+        except subprocess.CalledProcessError as exc:
+            errors.append(exc.stderr.strip().splitlines()[-1] if exc.stderr.strip() else str(exc))
+    raise OSError("; ".join(errors))
+
+
+def _bind(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    for name in KERNELS:
+        fn = getattr(lib, name)
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+        fn.restype = None
+    return lib
+
+
+def _self_check(lib: ctypes.CDLL) -> str | None:
+    """None if the library reproduces the numpy ports on edge-case blocks, else what differs."""
+    from . import q4_0, q4_k, q6_k
+
+    blocks = probe_blocks()
+    for name, module, elems, nbytes in (("q4_0", q4_0, 32, 18), ("q4_k", q4_k, 256, 144), ("q6_k", q6_k, 256, 210)):
+        x = blocks.reshape(-1, elems)
+        ours = np.empty((x.shape[0], nbytes), np.uint8)
+        ref = np.empty_like(ours)
+        getattr(lib, f"{name}_quantize")(x.ctypes.data, ours.ctypes.data, x.shape[0])
+        module.quantize_blocks_numpy(x, ref)
+        if not np.array_equal(ours, ref):
+            return f"{name}: {int((ours != ref).any(axis=1).sum())} of {x.shape[0]} blocks differ"
+    return None
+
+
+def probe_blocks() -> np.ndarray:
+    """Eight 256-value rows of typical and edge-case weights (deterministic)."""
+    rng = np.random.default_rng(7)
+    rows = [
+        rng.standard_normal(256) * 0.02,
+        rng.standard_t(2, 256) * 0.05,
+        np.abs(rng.standard_normal(256)),
+        -rng.uniform(3, 4, 256),
+        np.repeat([0.0, 0.75, -1.5, 1e-3, 0.0, 1e-7, 2.0, 0.0], 32),
+        rng.standard_normal(256) * np.repeat(10.0 ** np.arange(-3, 5), 32),
+        rng.integers(-8, 8, 256).astype(np.float64),
+        np.tile([1.0, -1.0, 0.5, -0.5], 64),
+    ]
+    return np.stack(rows).astype(np.float32)
+
+
+_LOCK = threading.Lock()
+
+
+def library() -> ctypes.CDLL | None:
+    """The checked compiled kernels, or None (numpy ports) with a warning saying why; built once."""
+    with _LOCK:  # quantizer threads arrive together on first use
+        return _library()
+
+
+@functools.lru_cache(maxsize=1)
+def _library() -> ctypes.CDLL | None:
+    cc = _compiler()
+    if cc is None:
+        warnings.warn("no C compiler found: quantizing with the slower numpy ports", RuntimeWarning, stacklevel=3)
+        return None
+    try:
+        lib = _bind(_build(cc))
+    except OSError as exc:
+        warnings.warn(f"cannot build {SOURCE.name} ({exc}): quantizing with the slower numpy ports",
+                      RuntimeWarning, stacklevel=3)
+        return None
+    problem = _self_check(lib)
+    if problem:
+        warnings.warn(f"compiled quantizers disagree with the numpy ports ({problem}): using the numpy ports",
+                      RuntimeWarning, stacklevel=3)
+        return None
+    return lib
+
+
+def run(name: str, blocks: np.ndarray, out: np.ndarray) -> bool:
+    """Quantize (n, block_elems) float32 `blocks` into (n, block_bytes) `out` with kernel `name`.
+
+    False (nothing written) when the compiled kernels are unavailable or disabled."""
+    if os.environ.get(DISABLE_ENV) == "0":
+        return False
+    lib = library()
+    if lib is None:
+        return False
+    src = np.ascontiguousarray(blocks, dtype=np.float32)
+    if out.flags.c_contiguous:
+        getattr(lib, f"{name}_quantize")(src.ctypes.data, out.ctypes.data, src.shape[0])
+    else:
+        dst = np.empty(out.shape, np.uint8)
+        getattr(lib, f"{name}_quantize")(src.ctypes.data, dst.ctypes.data, src.shape[0])
+        out[...] = dst
+    return True
