@@ -104,8 +104,9 @@ def variants_pass_gates(hf_dir: Path, tmp_path: Path, variants=VARIANTS) -> dict
     return out
 
 
-def gguf_reads_back(hf_dir: Path, gguf_path: Path, exact: bool = True) -> None:
-    """The GGUF presents the HF folder's canonical tensors and hyperparameters, and runs alike."""
+def gguf_reads_back(hf_dir: Path, gguf_path: Path, exact: bool = True, differing_ok: tuple[str, ...] = ()) -> None:
+    """The GGUF presents the HF folder's canonical tensors and hyperparameters (but `differing_ok`,
+    which a GGUF records in another form), and runs alike."""
     hf, gg = open_source(hf_dir), open_source(gguf_path)
     try:
         hf_tensors = {t.name: t.shape for t in hf.tensors()}
@@ -121,7 +122,7 @@ def gguf_reads_back(hf_dir: Path, gguf_path: Path, exact: bool = True) -> None:
                     assert np.allclose(a, b, atol=1e-3, rtol=1e-3), name
         mine, theirs = architecture_for(hf.config).hp, architecture_for(gg.config).hp
         differing = {f.name: (getattr(mine, f.name), getattr(theirs, f.name)) for f in fields(mine)
-                     if f.name not in ("tied_embeddings", "max_positions", "sliding_windows")
+                     if f.name not in ("tied_embeddings", "max_positions", "sliding_windows", *differing_ok)
                      and getattr(mine, f.name) != getattr(theirs, f.name)}
         assert not differing, f"hyperparameters from the GGUF differ: {differing}"
     finally:

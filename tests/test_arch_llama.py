@@ -52,6 +52,25 @@ def test_gguf_reads_back(form, tiny_dir, tmp_path):
     fh.gguf_reads_back(hf_dir, gguf_path)
 
 
+def test_llama3_scaled_gguf_reads_back(tiny_dir, tmp_path):
+    """llama.cpp keeps llama3 scaling only as the rope_freqs tensor (per-frequency divisors): read into
+    the config, the GGUF runs to the HF model's logits, and a conversion carries the factors along."""
+    from apr_qa.convert import convert
+    from apr_qa.sources import open_source
+
+    hf_dir = _make(tiny_dir, "rope_llama3")
+    gguf_path = tiny_models.make_tiny_gguf(hf_dir, tmp_path / "llama3.gguf")
+    fh.gguf_reads_back(hf_dir, gguf_path, differing_ok=("rope_scaling",))
+    scaling = open_source(gguf_path).config["rope_scaling"]
+    assert scaling["rope_type"] == "freq_factors" and max(scaling["freq_factors"]) == 8.0
+    convert(gguf_path, tmp_path / "llama3.apr", "f32")
+    from apr_qa.runtime import load_model
+
+    ours, want = load_model(tmp_path / "llama3.apr"), load_model(hf_dir)
+    ids = want.tokenizer.encode(fh.PROMPTS[1] * 4)  # long enough for the low frequencies to matter
+    assert fh.relative_diff(ours.logits([ids])[0], want.logits([ids])[0]) <= fh.RELATIVE_LIMIT
+
+
 def test_block_size_misfit_falls_back_to_f16(tiny_dir, tmp_path):
     """GQA 5:1 with head_dim 40: rows of 200 values are not whole 32-value blocks. q8_0 stores those
     matrices as F16 (llama.cpp's fallback), says so in the notes, and passes every gate."""

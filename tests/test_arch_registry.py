@@ -70,3 +70,17 @@ def test_a_broken_config_is_one_line_naming_the_file():
                           "num_attention_heads": 3, "num_key_value_heads": 2, "intermediate_size": 8,
                           "vocab_size": 10}, "m/config.json")
     assert str(bad.value).startswith("m/config.json: ") and "\n" not in str(bad.value)
+
+
+def test_quantization_exemptions_follow_llama_quant_through_gguf_names():
+    """llama-quant.cpp keeps position embeddings and token types in float; BertForMaskedLM's "bert."
+    prefix is stripped before the GGUF name is looked up, as llama.cpp's converter strips it."""
+    bert = {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4, "intermediate_size": 128,
+            "vocab_size": 100}
+    mlm = architecture_for({**bert, "architectures": ["BertForMaskedLM"]})
+    base = architecture_for({**bert, "architectures": ["BertModel"]})
+    for arch, prefix in ((mlm, "bert."), (base, "")):
+        assert arch.keep_unquantized(prefix + "embeddings.position_embeddings.weight")
+        assert arch.keep_unquantized(prefix + "embeddings.token_type_embeddings.weight")
+        assert not arch.keep_unquantized(prefix + "embeddings.word_embeddings.weight")
+        assert not arch.keep_unquantized(prefix + "encoder.layer.0.attention.self.query.weight")

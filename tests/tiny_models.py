@@ -286,6 +286,9 @@ def make_tiny_gguf(hf_dir, out_path, *, qtype: str = "F32") -> Path:
     writer.add_vocab_size(cfg["vocab_size"])
 
     add_bpe_tokenizer(writer, hf_dir)
+    scaling = cfg.get("rope_scaling") or {}
+    if scaling.get("rope_type") == "llama3":  # LlamaModel.generate_extra_tensors
+        writer.add_tensor("rope_freqs.weight", llama3_rope_factors(cfg))
 
     qt = gguf.GGMLQuantizationType[qtype]
     for name, w in state.items():
@@ -305,6 +308,28 @@ def make_tiny_gguf(hf_dir, out_path, *, qtype: str = "F32") -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return out_path
+
+
+def llama3_rope_factors(cfg: dict) -> np.ndarray:
+    """The divisor of each rotary frequency under llama3 scaling, as convert_hf_to_gguf.py computes it."""
+    import math
+
+    scaling, dim = cfg["rope_scaling"], cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    freqs = 1.0 / (cfg["rope_theta"] ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old_context = scaling["original_max_position_embeddings"]
+    low_wavelen, high_wavelen = old_context / low, old_context / high
+    factors = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_wavelen:
+            factors.append(1.0)
+        elif wavelen > low_wavelen:
+            factors.append(factor)
+        else:
+            smooth = (old_context / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(factors, dtype=np.float32)
 
 
 def make_tiny_spm_gguf(out_path, *, with_merges: bool = True) -> Path:

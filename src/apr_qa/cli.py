@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "apr_qa.commands.oracle",     # oracle (needs transformers: test/benchmark dependency)
     "apr_qa.commands.workflow",   # download, verify-checksums, fingerprint, report
     "apr_qa.commands.certify",    # score, serve, sync-readme, ...
+    "apr_qa.commands.export",     # export-gguf
 ]
 
 EXIT_OK, EXIT_GATE_FAIL, EXIT_USAGE, EXIT_HALT = 0, 1, 2, 3

@@ -12,7 +12,7 @@ import importlib
 import pkgutil
 from typing import Any
 
-from ..errors import UnsupportedError
+from ..errors import FormatError, UnsupportedError
 from .base import Architecture, Hyperparams
 
 class UnsupportedArchitecture(UnsupportedError):
@@ -59,8 +59,13 @@ def families() -> list[type[Architecture]]:
 def family_of(config: dict[str, Any], path: Any = None) -> type[Architecture]:
     """The family class for an HF config (by `architectures[0]`, else by `model_type`)."""
     _load_families()
-    names = config.get("architectures") or []
-    name = names[0] if names and isinstance(names, list) else None
+    if not isinstance(config, dict):
+        raise FormatError("the model config is not a JSON object", path)
+    names, model_type = config.get("architectures") or [], config.get("model_type")
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)
+            and isinstance(model_type, (str, type(None)))):
+        raise FormatError("config.json: 'architectures' must be a list of names and 'model_type' a name", path)
+    name = names[0] if names else None
     if name in _BY_HF_NAME:
         return _BY_HF_NAME[name]
     if name is None and config.get("model_type") in _BY_MODEL_TYPE:
@@ -76,7 +81,7 @@ def architecture_for(config: dict[str, Any], path: Any = None) -> Architecture:
 
 def family_for_gguf(gguf_arch: Any, path: Any = None) -> type[Architecture]:
     _load_families()
-    if gguf_arch not in _BY_GGUF_ARCH:
+    if not isinstance(gguf_arch, str) or gguf_arch not in _BY_GGUF_ARCH:
         raise UnsupportedArchitecture(f"GGUF architecture {gguf_arch!r} is not supported "
                                f"(supported: {', '.join(sorted(_BY_GGUF_ARCH))})", path)
     return _BY_GGUF_ARCH[gguf_arch]

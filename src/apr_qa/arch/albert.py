@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import UnsupportedError
 from . import register
-from .base import Architecture, Hyperparams, require
+from .base import MAX_LAYERS, Architecture, Hyperparams, require
 
 
 @register
@@ -61,6 +61,9 @@ class Albert(Architecture):
         inner = int(self.config.get("inner_group_num", 1))
         if inner < 1:
             raise UnsupportedError(f"inner_group_num {inner} is not positive", self.path)
+        if inner * self.groups > MAX_LAYERS:  # the tensor table holds groups x inner layers
+            raise UnsupportedError(f"inner_group_num {inner} x num_hidden_groups {self.groups} layers are over "
+                                   f"the limit of {MAX_LAYERS}", self.path)
         return inner
 
     def group_of_layer(self, i: int) -> int:

@@ -30,7 +30,15 @@ if TYPE_CHECKING:
     import torch
 
 # Rotary scalings the runtime reproduces (transformers' modeling_rope_utils formulas).
-ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
+# "freq_factors" is llama3 scaling as a GGUF carries it: llama.cpp's per-frequency divisors.
+ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "freq_factors")
+
+# Activation functions the runtime implements (runtime.activations.ACTIVATIONS; a test keeps them equal).
+ACTIVATION_NAMES = ("silu", "swish", "gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "quick_gelu", "relu")
+
+# Layer counts past this are refused before a family builds per-layer tables (real models have < 200).
+MAX_LAYERS = 4096
+LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "n_layers", "num_layers")
 
 # Names of llama.cpp's GGUF tensors (gguf-py constants) that llama-quant.cpp never block-quantizes
 # besides 1-D tensors and norms: learned position embeddings and BERT's token types.
@@ -65,11 +73,21 @@ class Hyperparams:
     sliding_windows: tuple[int | None, ...] = ()  # per layer, None = full attention; () = all full
 
     def __post_init__(self) -> None:
-        for name in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "vocab_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "vocab_size",
+                     "intermediate_size", "max_positions"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("norm_eps", "rope_theta"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if self.num_layers > MAX_LAYERS:
+            raise ValueError(f"num_layers {self.num_layers} is over the limit of {MAX_LAYERS}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"{self.num_heads} attention heads do not split into {self.num_kv_heads} KV heads")
+        if self.activation not in ACTIVATION_NAMES:
+            raise UnsupportedError(f"activation {self.activation!r} is not supported ({', '.join(ACTIVATION_NAMES)})")
 
     @property
     def attention(self) -> str:
@@ -99,10 +117,14 @@ class Architecture:
         self.config = config
         self.path = path
         try:
+            for key in LAYER_COUNT_KEYS:  # before any family code sizes a table or a loop by it
+                if isinstance(config.get(key), int) and config[key] > MAX_LAYERS:
+                    raise FormatError(f"config.json {key} {config[key]} is over the limit of {MAX_LAYERS}")
             self.hp = self.hyperparams(config)
+            self.tensors()  # some keys are read only here (embedding sizes, groups): a bad one fails now
         except (FormatError, UnsupportedError) as exc:
             raise type(exc)(str(exc), path) from None
-        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+        except (LookupError, TypeError, ValueError, ArithmeticError, AttributeError) as exc:  # a value of a wrong type
             raise FormatError(f"config.json does not describe a valid {self.family} model: {exc}", path) from None
 
     # --- config -------------------------------------------------------------------------------
@@ -183,6 +205,16 @@ class Architecture:
         """The HF config.json that a GGUF file's `{arch}.*` metadata records."""
         raise UnsupportedError(f"{cls.family} models cannot be read from GGUF")
 
+    # --- GGUF export (the inverse of config_from_gguf) -----------------------------------------
+    def write_gguf_metadata(self, writer: "gguf.GGUFWriter") -> list[str]:
+        """Write the `{arch}.*` keys llama.cpp's convert_hf_to_gguf.py writes for this family; return
+        what llama.cpp will not reproduce. UnsupportedError for forms llama.cpp cannot run."""
+        raise UnsupportedError(f"{self.family} has no llama.cpp GGUF architecture", self.path)
+
+    def gguf_extra_tensors(self) -> dict[str, np.ndarray]:
+        """Tensors llama.cpp's converter derives from the config (GGUF name -> float32 values)."""
+        return {}
+
     # --- runtime ------------------------------------------------------------------------------
     def build(self, source: Any, device: "torch.device", dtype: "torch.dtype") -> Any:
         raise NotImplementedError
@@ -242,3 +274,38 @@ def rope_config(config: dict[str, Any], default_theta: float = 10000.0) -> tuple
 def partial_rotary_factor(config: dict[str, Any], default: float = 1.0) -> float:
     params = config.get("rope_parameters") or {}
     return float(params.get("partial_rotary_factor", config.get("partial_rotary_factor", default)))
+
+
+def write_gguf_basics(writer: "gguf.GGUFWriter", hp: Hyperparams, kv_heads: bool = True) -> None:
+    """The keys convert_hf_to_gguf.py's TextModel.set_gguf_parameters writes for every family, from the
+    normalised hyperparameters (so the true values even where a family's converter hard-codes one,
+    e.g. Falcon's context 2048 or GPT-2's 4 * n_embd feed-forward): counts, lengths, the norm epsilon
+    under its RMS or LayerNorm key, and the rotary base (which llama.cpp reads for every architecture)."""
+    writer.add_block_count(hp.num_layers)
+    writer.add_context_length(hp.max_positions)
+    writer.add_embedding_length(hp.hidden_size)
+    writer.add_feed_forward_length(hp.intermediate_size)
+    writer.add_head_count(hp.num_heads)
+    if kv_heads:
+        writer.add_head_count_kv(hp.num_kv_heads)
+    if hp.norm == "rms":
+        writer.add_layer_norm_rms_eps(hp.norm_eps)
+    else:
+        writer.add_layer_norm_eps(hp.norm_eps)
+    if hp.positions == "rope":
+        writer.add_rope_freq_base(hp.rope_theta)
+
+
+def write_gguf_rope_scaling(writer: "gguf.GGUFWriter", hp: Hyperparams, family: str) -> None:
+    """Linear scaling as TextModel writes it; other scalings have no llama.cpp key (llama3's factors
+    travel as a tensor, see Llama) and are refused rather than silently dropped."""
+    import gguf
+
+    kind = hp.rope_scaling.get("rope_type")
+    if kind is None:
+        return
+    if kind != "linear":
+        raise UnsupportedError(f"{family} with rope_type {kind!r} cannot be exported: llama.cpp's graph has no "
+                               "such scaling")
+    writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+    writer.add_rope_scaling_factor(float(hp.rope_scaling["factor"]))

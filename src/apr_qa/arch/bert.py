@@ -10,7 +10,7 @@ import re
 from typing import Any
 
 from . import register
-from .base import Architecture, Hyperparams, gguf_hparams, require
+from .base import Architecture, Hyperparams, gguf_hparams, require, write_gguf_basics
 
 
 @register
@@ -93,6 +93,21 @@ class Bert(Architecture):
             if "token_types.weight" in tensor_names else 0,
             "pad_token_id": int(meta.get("tokenizer.ggml.padding_token_id", 0)),
         }
+
+    def gguf_name(self, name: str) -> str | None:
+        # BertModel.filter_tensors strips BertForMaskedLM's "bert." before mapping (so the quantization
+        # exemptions find its position embeddings too); the pooler and the MLM head have no GGUF name
+        # and are dropped on export, as there
+        return super().gguf_name(name.removeprefix("bert."))
+
+    def write_gguf_metadata(self, writer: Any) -> list[str]:
+        """BertModel.set_gguf_parameters: TextModel's counts (no head_count_kv: BERT configs have none),
+        causal_attention False; set_vocab's token_type_count. (The pooling type is written by the
+        exporter from the sentence-transformers config the .apr keeps.)"""
+        write_gguf_basics(writer, self.hp, kv_heads=False)
+        writer.add_causal_attention(False)
+        writer.add_token_type_count(self.type_vocab_size or 1)
+        return []
 
     def build(self, source: Any, device: Any, dtype: Any) -> Any:
         from ..runtime.encoder import EncoderLayer, EncoderModel, EncoderWeights, pooling_mode

@@ -26,7 +26,8 @@ import numpy as np
 
 from ..errors import UnsupportedError
 from . import register
-from .base import Architecture, Hyperparams, gguf_hparams, gguf_special_tokens, require, rope_config
+from .base import (Architecture, Hyperparams, gguf_hparams, gguf_special_tokens, require, rope_config,
+                   write_gguf_basics, write_gguf_rope_scaling)
 
 
 def grouped_qkv_order(kv_groups: int, group: int, head_dim: int) -> np.ndarray:
@@ -153,6 +154,22 @@ class Falcon(Architecture):
         else:  # kv groups (kv == heads is also multi_query=False's per-head layout); 1 or 2 norms
             cfg.update(new_decoder_architecture=True, num_kv_heads=kv, num_ln_in_parallel_attn=2 if two_norms else 1)
         return {**cfg, **gguf_special_tokens(meta)}
+
+    def write_gguf_metadata(self, writer: Any) -> list[str]:
+        """FalconModel.set_gguf_parameters (counts, the "jploski" QKV layout, LayerNorm epsilon), with the
+        true context length and feed-forward size where the converter writes 2048 and 4 * hidden, and the
+        rotary base it leaves out. Only the forms llama.cpp's FALCON graph computes are exported."""
+        hp = self.hp
+        refused = [why for bad, why in ((hp.positions == "alibi", "ALiBi positions"),
+                                        (not hp.parallel_residual, "the sequential block"),
+                                        (hp.attention_bias, "biases")) if bad]
+        if refused:
+            raise UnsupportedError(f"Falcon with {' and '.join(refused)} cannot be exported: llama.cpp's FALCON "
+                                   "graph is parallel, rotary and bias-free", self.path)
+        write_gguf_basics(writer, hp)
+        write_gguf_rope_scaling(writer, hp, self.family)
+        writer.add_tensor_data_layout("jploski")
+        return []
 
     # --- runtime ------------------------------------------------------------------------------
     def build(self, source: Any, device: Any, dtype: Any) -> Any:

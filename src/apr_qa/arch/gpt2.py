@@ -17,7 +17,10 @@ import numpy as np
 
 from ..errors import UnsupportedError
 from . import register
-from .base import Architecture, Hyperparams, gguf_hparams, gguf_special_tokens, require
+from .base import Architecture, Hyperparams, gguf_hparams, gguf_special_tokens, require, write_gguf_basics
+
+# activations llama.cpp's GPT-2 / StarCoder graphs compute (ggml_gelu is the tanh approximation)
+GGML_GELU = ("gelu_new", "gelu_pytorch_tanh")
 
 # Conv1D weights ([in, out] in checkpoints), by canonical name suffix.
 CONV1D_WEIGHTS = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
@@ -126,6 +129,20 @@ class GPT2(Architecture):
     @classmethod
     def gguf_extra_config(cls, get: Any) -> dict[str, Any]:
         return {"n_ctx": get("context_length")}
+
+    def write_gguf_metadata(self, writer: Any) -> list[str]:
+        """GPT2Model / StarCoderModel.set_gguf_parameters: block, context, embedding, feed-forward and
+        head counts, the LayerNorm epsilon; StarCoder also head_count_kv (llama.cpp runs its multi-query
+        form only). No rotary keys: positions are the learned position_embd tensor."""
+        hp = self.hp
+        if self.gguf_arch == "STARCODER" and hp.num_kv_heads != 1:
+            raise UnsupportedError("StarCoder with multi_query=False cannot be exported: llama.cpp's STARCODER "
+                                   "graph runs multi-query models only", self.path)
+        write_gguf_basics(writer, hp, kv_heads=self.gguf_arch == "STARCODER")
+        if hp.activation not in GGML_GELU:
+            return [(f"activation {hp.activation!r}: llama.cpp's {self.gguf_name_of_arch()} graph computes the "
+                     "tanh GELU approximation")]
+        return []
 
     # --- runtime ------------------------------------------------------------------------------
     def qkv_rows(self, fused: Any) -> Any:

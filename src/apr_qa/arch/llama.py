@@ -8,9 +8,10 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import UnsupportedError
 from . import register
 from .base import (Architecture, Hyperparams, gguf_hparams, gguf_special_tokens, interleaved_rows, require,
-                   rope_config)
+                   rope_config, write_gguf_basics, write_gguf_rope_scaling)
 
 
 @register
@@ -113,11 +114,65 @@ class Llama(Architecture):
             cfg["attention_bias"] = "blk.0.attn_q.bias" in tensor_names
             cfg["mlp_bias"] = False
         scaling = get("rope.scaling.type")
-        if scaling and scaling != "none":
+        if "rope_freqs.weight" in meta:  # llama3 scaling: GGUF keeps only the resulting per-pair divisors
+            cfg["rope_scaling"] = {"rope_type": "freq_factors", "freq_factors": meta["rope_freqs.weight"]}
+        elif scaling and scaling != "none":
             cfg["rope_scaling"] = {"rope_type": scaling, "factor": get("rope.scaling.factor", 1.0)}
             if (orig := get("rope.scaling.original_context_length")) is not None:
                 cfg["rope_scaling"]["original_max_position_embeddings"] = orig
         return {**cfg, **gguf_special_tokens(meta)}
+
+    def write_gguf_metadata(self, writer: Any) -> list[str]:
+        """TextModel's keys, plus LlamaModel's vocab_size and rope.dimension_count (Qwen2Model adds
+        neither); key/value lengths when head_dim is not hidden / heads. llama3 scaling travels as the
+        rope_freqs tensor (gguf_extra_tensors), linear as keys; dynamic NTK has no llama.cpp form."""
+        hp = self.hp
+        kind = hp.rope_scaling.get("rope_type")
+        if kind == "dynamic":
+            raise UnsupportedError(f"{self.family} with rope_type 'dynamic' cannot be exported: llama.cpp's graph "
+                                   "has no dynamic NTK scaling", self.path)
+        write_gguf_basics(writer, hp)
+        if kind not in ("llama3", "freq_factors"):
+            write_gguf_rope_scaling(writer, hp, self.family)
+        if self.config.get("head_dim") is not None or hp.head_dim * hp.num_heads != hp.hidden_size:
+            writer.add_key_length(hp.head_dim)
+            writer.add_value_length(hp.head_dim)
+        if self.gguf_arch == "LLAMA":
+            writer.add_vocab_size(hp.vocab_size)
+            writer.add_rope_dimension_count(hp.head_dim)
+        windows = sorted({w for w in hp.sliding_windows if w})
+        if windows:
+            return [(f"sliding window {windows} not recorded: llama.cpp's {self.gguf_name_of_arch()} graph attends "
+                     "to the whole context (as after its own converter), so outputs differ past the window")]
+        return []
+
+    def gguf_extra_tensors(self) -> dict[str, np.ndarray]:
+        """llama3 scaling as LlamaModel.generate_extra_tensors writes it: per rotary pair, the factor
+        dividing its frequency (1 above the high-frequency cutoff, `factor` below the low one, smoothed
+        between), computed in float32 as the converter does."""
+        scaling = self.hp.rope_scaling
+        if scaling.get("rope_type") == "freq_factors":  # read from a GGUF: written back as it came
+            return {"rope_freqs.weight": np.asarray(scaling["freq_factors"], dtype=np.float32)}
+        if scaling.get("rope_type") != "llama3":
+            return {}
+        f32 = np.float32
+        dim, base = self.hp.head_dim, f32(self.hp.rope_theta)
+        freqs = f32(1.0) / base ** (np.arange(0, dim, 2, dtype=f32) / f32(dim))
+        factor, low, high = (f32(scaling.get(k, d)) for k, d in (("factor", 8.0), ("low_freq_factor", 1.0),
+                                                                  ("high_freq_factor", 4.0)))
+        old_context = f32(scaling.get("original_max_position_embeddings", 8192))
+        low_wavelen, high_wavelen = old_context / low, old_context / high
+        out = []
+        for freq in freqs:
+            wavelen = f32(2 * np.pi) / freq
+            if wavelen < high_wavelen:
+                out.append(f32(1.0))
+            elif wavelen > low_wavelen:
+                out.append(factor)
+            else:
+                smooth = (old_context / wavelen - low) / (high - low)
+                out.append(f32(1.0) / ((f32(1.0) - smooth) / factor + smooth))
+        return {"rope_freqs.weight": np.array(out, dtype=f32)}
 
     def build(self, source: Any, device: Any, dtype: Any) -> Any:
         from ..runtime.decoder import DecoderLayer, DecoderModel, DecoderWeights

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import UnsupportedError
 from . import register
-from .base import Architecture, Hyperparams, require
+from .base import MAX_LAYERS, Architecture, Hyperparams, require
 
 NORMS = {"no_norm": "none", "layer_norm": "layer"}
 
@@ -89,7 +89,11 @@ class MobileBert(Architecture):
 
     @property
     def ffn_count(self) -> int:
-        return int(self.config.get("num_feedforward_networks", 4))
+        count = int(self.config.get("num_feedforward_networks", 4))
+        if count * self.hp.num_layers > MAX_LAYERS:  # the tensor table holds count blocks per layer
+            raise UnsupportedError(f"num_feedforward_networks {count} x {self.hp.num_layers} layers are over the "
+                                   f"limit of {MAX_LAYERS}", self.path)
+        return count
 
     @property
     def prefix(self) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 from ..errors import UnsupportedError
 from . import register
 from .base import (Architecture, Hyperparams, gguf_hparams, gguf_special_tokens, partial_rotary_factor, require,
-                   rope_config)
+                   rope_config, write_gguf_basics, write_gguf_rope_scaling)
 
 
 def rotary_factor(rotary_dims: int, head_dim: int) -> float:
@@ -101,6 +101,15 @@ class Phi(Architecture):
             "qk_layernorm": False, "tie_word_embeddings": "output.weight" not in tensor_names,
         }
         return {**cfg, **gguf_special_tokens(meta)}
+
+    def write_gguf_metadata(self, writer: Any) -> list[str]:
+        """Phi2Model.set_gguf_parameters: counts, LayerNorm epsilon, rope.dimension_count (rotary dims per
+        head), no BOS added (a tokenizer_config that says otherwise overrides it, as in the converter)."""
+        write_gguf_basics(writer, self.hp)
+        write_gguf_rope_scaling(writer, self.hp, self.family)
+        writer.add_rope_dimension_count(self.hp.rotary_dims)
+        writer.add_add_bos_token(False)
+        return []
 
     def build(self, source: Any, device: Any, dtype: Any) -> Any:
         from ..runtime.decoder import DecoderLayer, DecoderModel, DecoderWeights

@@ -14,7 +14,7 @@ from typing import Any
 from ..errors import UnsupportedError
 from . import register
 from .base import (Architecture, Hyperparams, gguf_hparams, gguf_special_tokens, partial_rotary_factor, require,
-                   rope_config)
+                   rope_config, write_gguf_basics, write_gguf_rope_scaling)
 from .phi import rotary_factor
 
 
@@ -96,6 +96,15 @@ class StableLm(Architecture):
             "tie_word_embeddings": "output.weight" not in tensor_names,
         }
         return {**cfg, **gguf_special_tokens(meta)}
+
+    def write_gguf_metadata(self, writer: Any) -> list[str]:
+        """StableLMModel.set_gguf_parameters: counts, rope.dimension_count (rotary dims per head),
+        use_parallel_residual, LayerNorm epsilon (llama.cpp takes the residual form from the tensors)."""
+        write_gguf_basics(writer, self.hp)
+        write_gguf_rope_scaling(writer, self.hp, self.family)
+        writer.add_rope_dimension_count(self.hp.rotary_dims)
+        writer.add_parallel_residual(self.hp.parallel_residual)
+        return []
 
     def build(self, source: Any, device: Any, dtype: Any) -> Any:
         from ..runtime.decoder import DecoderLayer, DecoderModel, DecoderWeights

@@ -45,5 +45,8 @@ class StarCoder(GPT2):
         hp = self.hp
         if hp.num_kv_heads != hp.num_heads:
             return fused  # multi-query: already [q; k; v]
-        grouped = fused.unflatten(0, (hp.num_heads, 3, hp.head_dim))  # [head, q/k/v, dim, ...]
-        return grouped.transpose(0, 1).flatten(0, 2)
+        import torch
+
+        # rows [head, q/k/v, dim] -> [q/k/v, head, dim], by index so that packed blocks move whole rows
+        order = torch.arange(fused.shape[0]).view(hp.num_heads, 3, hp.head_dim).transpose(0, 1).reshape(-1)
+        return fused[order.to(fused.device)]

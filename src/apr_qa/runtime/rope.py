@@ -25,6 +25,11 @@ def inverse_frequencies(params: dict[str, Any], dims: int, max_positions: int, s
         return _default(dims, base)
     if kind == "linear":
         return _default(dims, base) / float(params["factor"])
+    if kind == "freq_factors":  # llama.cpp's rope_freqs: theta_i / factor_i
+        factors = torch.tensor(params["freq_factors"], dtype=torch.float32)
+        if factors.numel() != dims // 2:
+            raise UnsupportedError(f"{factors.numel()} rope frequency factors for {dims // 2} rotary pairs")
+        return _default(dims, base) / factors
     if kind == "dynamic":  # NTK-aware: the base grows once a sequence passes the trained length
         factor = float(params["factor"])
         seq_len = max(seq_len or max_positions, max_positions)
