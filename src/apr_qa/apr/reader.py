@@ -20,11 +20,24 @@ import numpy as np
 from ..dtypes import DType
 from ..errors import FormatError
 from ..sources.base import RawTensor, TensorInfo
+from ..sources.hf_files import unpaired_surrogate
 from .container import (ALIGN, FLAG_COLUMN_MAJOR, FOOTER_SIZE, HEADER_SIZE, MAGIC, MAX_METADATA_BYTES,
                         MAX_NAME_BYTES, MAX_NDIM, UNREADABLE_FLAGS, Header, TensorEntry,
                         flag_names, header_crc)
 
 _CHUNK = 8 << 20
+
+
+# Metadata keys the stack reads as structures, and the JSON types they must have.
+_METADATA_TYPES: dict[str, tuple[type, ...]] = {
+    "hf_config": (dict,), "tokenizer.json": (str,), "tokenizer.config": (dict,), "chat_template": (str,),
+    "pooling": (dict, type(None)), "conversion_notes": (list,), "quantization": (dict,), "provenance": (dict,),
+}
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number")
 
 
 def _reject_constant(name: str) -> None:
@@ -34,7 +47,9 @@ def _reject_constant(name: str) -> None:
 class AprReader:
     format = "apr"
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, verify: bool = False):
+        """`verify`: also check the footer CRC over the whole file before returning (one streaming
+        pass; loading a model for inference does, so a flipped byte is refused, not run)."""
         self.path = Path(path)
         self.files = [self.path]
         try:
@@ -51,6 +66,8 @@ class AprReader:
             self.metadata = self._read_metadata()
             self.entries = self._read_index()
             self._check_index()
+            if verify:
+                self.verify_checksum()
         except BaseException:
             self.close()
             raise
@@ -97,10 +114,16 @@ class AprReader:
         raw = self._mm[start : start + self.header.metadata_size]
         try:
             meta = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise self._error(f"metadata is not valid UTF-8 JSON: {exc}") from None
         if not isinstance(meta, dict):
             raise self._error(f"metadata is a JSON {type(meta).__name__}, not an object")
+        if b"\\u" in raw and unpaired_surrogate(meta):  # serde refuses these; Python would accept them
+            raise self._error("metadata holds an unpaired UTF-16 surrogate escape")
+        for key, kinds in _METADATA_TYPES.items():
+            if key in meta and not isinstance(meta[key], kinds):
+                raise self._error(f"metadata key {key!r} is a JSON {_json_type(meta[key])}, expected "
+                                  f"{' or '.join(_json_type(k()) for k in kinds)}")
         return meta
 
     def _read_index(self) -> list[TensorEntry]:

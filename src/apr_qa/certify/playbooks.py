@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from .. import yamlsafe
 from ..errors import AprQaError
 from .scenarios import Limits, Scenario
 
@@ -33,10 +34,10 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yamlsafe.load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise AprQaError("playbook not found", path) from None
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise AprQaError(f"cannot read playbook: {' '.join(str(exc).split())}", path) from None
     if not isinstance(data, dict):
         raise AprQaError("a playbook must be a YAML mapping", path)
@@ -47,6 +48,8 @@ def _resolve(data: dict[str, Any], path: Path, templates: Path, seen: tuple[Path
     parent = data.pop("extends", None)
     if parent is None:
         return data
+    if not isinstance(parent, str) or not parent:
+        raise AprQaError(f"extends must name a tier ({', '.join(TIERS)}) or a playbook file, not {parent!r:.100}", path)
     parent_path = templates / f"{parent}.yaml" if parent in TIERS else (path.parent / parent).resolve()
     if parent_path in seen:
         raise AprQaError(f"playbook extends itself through {parent!r}", path)

@@ -106,9 +106,11 @@ def load_golden(path: str | Path) -> GoldenSet:
     """Parse and validate a golden prompt file; any problem is one FormatError naming the file."""
     import yaml
 
+    from ..yamlsafe import load
+
     path = Path(path)
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        doc = load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FormatError("prompt file not found", path) from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:

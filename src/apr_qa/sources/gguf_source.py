@@ -24,7 +24,8 @@ from ..arch import family_for_gguf
 from ..dtypes import DType
 from ..errors import AprQaError, FormatError, UnsupportedError
 from .base import RawTensor, TensorInfo
-from .gguf_tokenizer import build_tokenizer
+from .gguf_check import check_gguf_layout
+from .gguf_tokenizer import build_tokenizer, library_failure
 
 # GGUF payloads .apr can hold unchanged; everything else is dequantized to F32 by the caller.
 _RAW = {GT.F32: DType.F32, GT.F16: DType.F16, GT.BF16: DType.BF16, GT.Q8_0: DType.Q8_0,
@@ -38,12 +39,24 @@ _POOLING_FLAGS = {1: "pooling_mode_mean_tokens", 2: "pooling_mode_cls_token", 3:
 
 def _pooling_config(meta: dict[str, Any], config: dict[str, Any]) -> dict[str, Any] | None:
     """The sentence-transformers Pooling config a GGUF's pooling type stands for (None: not recorded)."""
-    flag = _POOLING_FLAGS.get(meta.get(f"{meta.get('general.architecture')}.pooling_type"))
+    pooling = meta.get(f"{meta.get('general.architecture')}.pooling_type")
+    flag = _POOLING_FLAGS.get(pooling) if isinstance(pooling, int) else None
     if flag is None:
         return None
     return {"word_embedding_dimension": config.get("hidden_size"),
             **{f: f == flag for f in ("pooling_mode_cls_token", "pooling_mode_mean_tokens", "pooling_mode_max_tokens",
                                       "pooling_mode_mean_sqrt_len_tokens", "pooling_mode_lasttoken")}}
+
+
+def _rope_factors(tensor: Any, path: Path) -> list[float]:
+    """The values of llama.cpp's `rope_freqs` tensor (one divisor per rotary frequency)."""
+    if tensor.tensor_type != GT.F32 or tensor.n_elements > 4096:
+        raise FormatError(f"rope_freqs is {tensor.tensor_type.name} x {tensor.n_elements}, expected a short F32 vector",
+                          path)
+    values = np.asarray(tensor.data, dtype=np.float32).reshape(-1)
+    if not np.isfinite(values).all() or (values <= 0).any():
+        raise FormatError("rope_freqs holds non-positive or non-finite factors", path)
+    return values.tolist()
 
 
 class GGUFSource:
@@ -54,18 +67,24 @@ class GGUFSource:
         self.files = [self.path]
         self.notes: list[str] = []
         self.pooling_config = None
+        check_gguf_layout(self.path)  # every count and extent bounded before gguf-py trusts them
         try:
             self._reader = GGUFReader(self.path, "r")
             meta = {k: f.contents() for k, f in self._reader.fields.items()}
-        except Exception as e:  # gguf-py raises ValueError/IndexError/struct.error on damaged files
+        except Exception as e:  # gguf-py raises ValueError/IndexError/KeyError on damaged files
             raise FormatError(f"not a readable GGUF file: {type(e).__name__}: {e}", self.path) from None
         self._meta = meta
         family = family_for_gguf(meta.get("general.architecture"), self.path)
         gguf_tensors = {t.name: t for t in self._reader.tensors}
+        if "rope_freqs.weight" in gguf_tensors:  # llama3 scaling as llama.cpp stores it: per-pair factors
+            meta = {**meta, "rope_freqs.weight": _rope_factors(gguf_tensors["rope_freqs.weight"], self.path)}
         try:
             self.config = family.config_from_gguf(meta, set(gguf_tensors))
         except AprQaError as e:
             raise type(e)(str(e), self.path) from None
+        except (LookupError, TypeError, ValueError, ArithmeticError, AttributeError) as e:  # a key of a wrong type
+            raise FormatError(f"GGUF metadata does not describe a {family.family} model: {type(e).__name__}: {e}",
+                              self.path) from None
         self.arch = family(self.config, self.path)
         self.pooling_config = _pooling_config(meta, self.config)
         names = self.arch.gguf_to_canonical_names()
@@ -80,13 +99,13 @@ class GGUFSource:
             name = names.get(t.name)
             if name is None:
                 if t.name in _DERIVED:
-                    self.notes.append(f"GGUF tensor {t.name} (derived by llama.cpp, not an HF weight) skipped")
+                    self.notes.append(f"GGUF tensor {t.name} (derived by llama.cpp, not an HF weight) read into the config")
                     continue
                 raise UnsupportedError(f"GGUF tensor {t.name!r} has no {self.arch.family} equivalent", self.path)
             shape = tuple(int(d) for d in reversed(t.shape.tolist()))
             try:
                 order = self.arch.gguf_row_order(name, shape)
-            except AprQaError as e:
+            except (AprQaError, ValueError) as e:  # rows that do not split into the config's heads
                 raise FormatError(f"tensor {t.name!r}: {e}", self.path) from None
             if order is not None:
                 self._row_order[name] = order
@@ -98,8 +117,13 @@ class GGUFSource:
         if meta.get("tokenizer.ggml.tokens"):
             try:
                 self.tokenizer_json, self.tokenizer_config = build_tokenizer(meta, self.notes)
-            except UnsupportedError as e:
-                raise UnsupportedError(str(e), self.path) from None
+            except AprQaError as e:
+                raise type(e)(str(e), self.path) from None
+            except BaseException as e:
+                if not library_failure(e):
+                    raise
+                # damaged arrays: merges of tokens not in the vocabulary, ids of the wrong type, ...
+                raise FormatError(f"GGUF tokenizer metadata is damaged: {type(e).__name__}: {e}", self.path) from None
         else:
             self.notes.append("GGUF carries no tokenizer")
             self.tokenizer_json, self.tokenizer_config = None, {}

@@ -13,6 +13,7 @@ llama.cpp (llama-vocab.cpp) and transformers (integrations/gguf) interpret them:
 
 from __future__ import annotations
 
+import bisect
 from typing import Any
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
@@ -51,6 +52,13 @@ def bytes_to_unicode() -> dict[int, str]:
             table[b] = chr(256 + extra)
             extra += 1
     return table
+
+
+def library_failure(exc: BaseException) -> bool:
+    """An error from building a tokenizer out of damaged arrays: `tokenizers` raises bare Exceptions
+    ("Error while initializing BPE: Token ... out of vocabulary"), and pyo3's PanicException, a
+    BaseException, when its Rust code panics."""
+    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
 
 
 def build_tokenizer(meta: dict[str, Any], notes: list[str]) -> tuple[str, dict[str, Any]]:
@@ -187,8 +195,11 @@ def merges_from_scores(vocab: dict[str, int], scores: dict[str, float]) -> list[
     """SentencePiece BPE merges implied by a scored vocabulary: every split of a token into two
     vocabulary pieces is a merge ranked by the token's score (transformers' generate_merges)."""
     merges = []
+    # Split only where the left piece has the length of some token: a (damaged) token of a million
+    # characters then costs a few slices, not a million slices of up to a million characters each.
+    lengths = sorted({len(t) for t in vocab} - {0})
     for token, score in scores.items():
-        local = [(token[:i], token[i:], score) for i in range(1, len(token))
+        local = [(token[:i], token[i:], score) for i in lengths[: bisect.bisect_left(lengths, len(token))]
                  if token[:i] in vocab and token[i:] in vocab]
         merges.extend(sorted(local, key=lambda m: (vocab[m[0]], vocab[m[1]])))
     merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)

@@ -10,11 +10,38 @@ from typing import Any
 from ..errors import FormatError
 
 
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")  # Python's json would accept NaN/Infinity
+
+
+def unpaired_surrogate(tree: Any) -> bool:
+    """Whether a parsed JSON tree holds a string with an unpaired UTF-16 surrogate ("\\ud800"): Python's
+    json accepts the escape, but the string can never be written as UTF-8 again."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            try:
+                node.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(node, dict):
+            stack.extend(node)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
+
+
 def read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        text = path.read_text(encoding="utf-8")
+        value = json.loads(text, parse_constant=_reject_constant)
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad UTF-8 or JSON; RecursionError: deep nesting
         raise FormatError(f"cannot read JSON: {e}", path) from None
+    if "\\u" in text and unpaired_surrogate(value):  # only a \u escape can make one
+        raise FormatError("JSON string holds an unpaired UTF-16 surrogate escape", path)
+    return value
 
 
 @dataclass
@@ -39,8 +66,8 @@ def read_hf_files(folder: Path) -> HfFiles:
     tokenizer_json = None
     tok_path = folder / "tokenizer.json"
     if tok_path.is_file():
+        read_json(tok_path)  # validate first: a corrupt tokenizer must fail here, not at evaluation
         tokenizer_json = tok_path.read_text(encoding="utf-8")
-        read_json(tok_path)  # validate: a corrupt tokenizer must fail here, not at evaluation
         files.append(tok_path)
 
     tokenizer_config: dict[str, Any] = {}

@@ -12,6 +12,7 @@ import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +22,7 @@ from .base import RawTensor, TensorInfo
 from .hf_files import read_hf_files, read_json
 
 INDEX_NAME = "model.safetensors.index.json"
-_MAX_HEADER = 100 * 1024 * 1024  # the safetensors library's own limit
+_MAX_HEADER = 100_000_000  # the safetensors library's own limit (MAX_HEADER_SIZE)
 
 # dtype -> (bytes per element, numpy dtype to read it as; None = needs conversion code)
 _DTYPES: dict[str, tuple[int, str | None]] = {
@@ -34,7 +35,9 @@ _RAW = {"F32": (DType.F32, "<f4"), "F16": (DType.F16, "<f2"), "BF16": (DType.BF1
 
 def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
     """Widen BF16 bit patterns (uint16) to float32 exactly: BF16 is the top half of an f32."""
-    return (bits.astype(np.uint32) << 16).view(np.float32)
+    wide = bits.astype(np.uint32)
+    wide <<= 16  # in place: a second float32-sized temporary would be 524 MB for a 7B embedding
+    return wide.view(np.float32)
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,40 @@ class _Entry:
     shape: tuple[int, ...]
     begin: int  # absolute file offsets
     end: int
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"duplicate key {next(k for k in keys if keys.count(k) > 1)!r}")
+    return dict(pairs)
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _count(value: Any) -> bool:
+    """A JSON unsigned integer (bool is an int to Python, not to JSON)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _entry(name: str, spec: Any, path: Path) -> tuple[str, tuple[int, ...], int, int]:
+    """(dtype, shape, begin, end) of one header entry, offsets relative to the data section."""
+    if not isinstance(spec, dict):
+        raise FormatError(f"tensor {name!r}: malformed header entry", path)
+    dtype, shape, offsets = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
+    if not (isinstance(shape, list) and all(map(_count, shape))
+            and isinstance(offsets, list) and len(offsets) == 2 and all(map(_count, offsets))):
+        raise FormatError(f"tensor {name!r}: malformed header entry", path)
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
+        raise FormatError(f"tensor {name!r}: unknown dtype {dtype!r}", path)
+    begin, end = offsets
+    if end < begin:
+        raise FormatError(f"tensor {name!r}: data offsets [{begin}, {end}] end before they begin", path)
+    if end - begin != math.prod(shape) * _DTYPES[dtype][0]:
+        raise FormatError(f"tensor {name!r}: {end - begin} bytes do not fit {dtype} shape {shape}", path)
+    return dtype, tuple(shape), begin, end
 
 
 class _Shard:
@@ -59,6 +96,10 @@ class _Shard:
 
     @staticmethod
     def _read_header(path: Path) -> dict[str, _Entry]:
+        """The header, checked as strictly as the safetensors library checks it (and a little more:
+        duplicate JSON keys are refused rather than resolved): a size limit, a JSON object with
+        string-to-string __metadata__, known dtypes, dtype x shape = byte length, and tensors that
+        cover the data section exactly: contiguous, no gaps, no overlaps, no trailing bytes."""
         try:
             size = path.stat().st_size
             with open(path, "rb") as f:
@@ -66,40 +107,42 @@ class _Shard:
                 if len(head) < 8:
                     raise FormatError("file too short for a safetensors header", path)
                 (n,) = struct.unpack("<Q", head)
-                if n > _MAX_HEADER or 8 + n > size:
+                if n > _MAX_HEADER:
+                    raise FormatError(f"header length {n} is over the {_MAX_HEADER}-byte limit", path)
+                if 8 + n > size:
                     raise FormatError(f"header length {n} exceeds the file size {size}", path)
                 raw = f.read(n)
         except OSError as e:
             raise FormatError(f"cannot read: {e.strerror}", path) from None
         try:
-            header = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
+        except (ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
             raise FormatError(f"corrupt safetensors header JSON: {e}", path) from None
         if not isinstance(header, dict):
             raise FormatError("safetensors header is not a JSON object", path)
+        metadata = header.pop("__metadata__", None)
+        if metadata is not None and not (isinstance(metadata, dict)
+                                         and all(isinstance(v, str) for v in metadata.values())):
+            raise FormatError("__metadata__ is not a map of strings to strings", path)
 
         data_start, data_size = 8 + n, size - 8 - n
-        entries = {}
-        for name, spec in header.items():
-            if name == "__metadata__":
-                continue
-            try:
-                dtype, shape, (begin, end) = spec["dtype"], tuple(spec["shape"]), spec["data_offsets"]
-                ok = all(isinstance(v, int) and v >= 0 for v in (*shape, begin, end))
-            except (TypeError, KeyError, ValueError):
-                ok = False
-            if not ok:
-                raise FormatError(f"tensor {name!r}: malformed header entry", path)
-            if dtype not in _DTYPES:
-                raise FormatError(f"tensor {name!r}: unknown dtype {dtype!r}", path)
-            if not begin <= end <= data_size:
-                raise FormatError(
-                    f"tensor {name!r}: data offsets [{begin}, {end}] outside the {data_size}-byte data section", path
-                )
-            if end - begin != math.prod(shape) * _DTYPES[dtype][0]:
-                raise FormatError(f"tensor {name!r}: {end - begin} bytes do not fit {dtype} shape {list(shape)}", path)
-            entries[name] = _Entry(dtype, shape, data_start + begin, data_start + end)
-        return entries
+        relative = {name: _entry(name, spec, path) for name, spec in header.items()}
+        for name, (_, _, begin, end) in relative.items():
+            if end > data_size:
+                raise FormatError(f"tensor {name!r}: data offsets [{begin}, {end}] outside the {data_size}-byte data "
+                                  "section (truncated?)", path)
+        covered = 0  # the library's rule: sorted by offsets, each tensor starts where the previous ended
+        for name, (_, _, begin, end) in sorted(relative.items(), key=lambda kv: (kv[1][2], kv[1][3])):
+            if begin != covered:
+                problem = ("overlaps the previous tensor" if begin < covered
+                           else f"leaves a gap of {begin - covered} bytes")
+                raise FormatError(f"tensor {name!r}: data offsets [{begin}, {end}] {problem}", path)
+            covered = end
+        if covered != data_size:  # every end is within the data, so covered < data_size
+            raise FormatError(f"{data_size - covered} trailing bytes after the last tensor (the safetensors "
+                              "library refuses a file its tensors do not cover)", path)
+        return {name: _Entry(dtype, shape, data_start + begin, data_start + end)
+                for name, (dtype, shape, begin, end) in relative.items()}
 
     def bytes_of(self, e: _Entry) -> np.ndarray:
         """A fresh buffer holding the tensor's bytes (owned by the caller)."""
@@ -162,10 +205,19 @@ class SafetensorsSource:
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
             raise FormatError("index has no weight_map", index_path)
+        for shard_name in weight_map.values():  # a file of this folder, never a path out of it
+            if not isinstance(shard_name, str) or shard_name in ("", ".", "..") or Path(shard_name).name != shard_name:
+                raise FormatError(f"weight_map names {shard_name!r:.100}, not a file name in the model folder",
+                                  index_path)
         shards: dict[str, _Shard] = {}
         for shard_name in dict.fromkeys(weight_map.values()):
-            shard_path = folder / str(shard_name)
-            if not shard_path.is_file():
+            shard_path = folder / shard_name
+            try:
+                present = shard_path.is_file()
+            except OSError:  # a name the file system refuses (too long)
+                raise FormatError(f"weight_map names {shard_name!r:.100}, not a file name in the model folder",
+                                  index_path) from None
+            if not present:
                 raise FormatError(f"shard listed in {INDEX_NAME} is missing", shard_path)
             shards[shard_name] = _Shard(shard_path)
         self._shards = list(shards.values())
