@@ -27,10 +27,23 @@ include: "rules/oracle.smk"
 include: "rules/report.smk"
 
 
+recover_from_crash()
+
+
 rule all:
     default_target: True
     input:
         REPORT,
+
+
+onstart:
+    # Temporary files of killed runs are removed; the board is marked "not current" until this run
+    # ends (rules/common.smk: After a crash).
+    start_run()
+
+
+onsuccess:
+    finish_run()
 
 
 onerror:

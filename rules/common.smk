@@ -26,17 +26,20 @@
 # the tier playbook > built-in defaults (stop-on-p0, 5 runs). tier: null runs the gates only.
 import json
 import os
+import shutil
 import sys
+import time
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
 from apr_qa.certify.playbooks import load_playbook
 from apr_qa.dtypes import QUANT_LEVELS
-from apr_qa.workflow import checksums
+from apr_qa.workflow import checksums, integrity
 from apr_qa.workflow.certify import ANDON_POLICY, certification_fingerprint, tier_variants
 from apr_qa.workflow.download import weights_key
 from apr_qa.workflow.fingerprint import fingerprint
+from apr_qa.workflow.tempfiles import remove_stale_temps
 
 RESULTS = config.get("results", "results")
 REPORT = f"{RESULTS}/report.md"
@@ -66,6 +69,17 @@ if HUB.get("endpoint"):
 if HUB.get("offline"):
     JOB_ENV["HF_HUB_OFFLINE"] = "1"
 os.environ.update(JOB_ENV)
+
+# Jobs run the apr-qa of the Python environment that runs Snakemake, so `.venv/bin/snakemake` from a
+# bare shell, an activated venv and `make report` behave the same (a --use-conda job's own env still
+# comes first). Without an apr-qa there, every job would fail with "command not found": stop now.
+PYTHON_BIN = os.path.dirname(sys.executable)
+SEARCH_PATH = os.environ.get("PATH", "")
+if SEARCH_PATH.split(os.pathsep)[0] != PYTHON_BIN:
+    os.environ.update(PATH=PYTHON_BIN + os.pathsep + SEARCH_PATH)
+if shutil.which("apr-qa") is None:
+    raise WorkflowError(f"apr-qa is neither beside {sys.executable} nor on PATH: install apr-qa into the "
+                        "Python environment that runs Snakemake (make setup)")
 
 wildcard_constraints:
     model="|".join(MODELS) or "(?!)",
@@ -159,7 +173,12 @@ def source_of(wildcards):
 
 def downloaded(model):
     """True when the model was fetched, False when its download skipped it (D1/D2/G6).
-    Raises IncompleteCheckpointException while the download is pending."""
+    Raises IncompleteCheckpointException while the download is pending. A manifest deleted after
+    its model was converted counts as fetched: the report's integrity param has it rebuilt."""
+    manifest = MANIFEST.format(model=model)
+    if not os.path.exists(manifest) and any(os.path.exists(APR_SHA.format(model=model, variant=v))
+                                            for v in VARIANTS[model]):
+        return True
     return read_json(checkpoints.download.get(model=model).output.manifest).get("status") == "ok"
 
 
@@ -179,23 +198,83 @@ def pickle_flag(model):
     return "--unsafe-allow-pickle" if MODELS[model].get("allow_pickle") else ""
 
 
-def report_commands(certifications=None):
-    """The Andon board (report.md/.html); with a tier first models.csv and junit.xml of the given
-    certification files (default: every model's)."""
-    board = (f"apr-qa report --results {RESULTS} --models {','.join(MODELS)} --variants {','.join(ALL_VARIANTS)} "
-             f"--prompts {config['evaluation']['prompts']} --out {REPORT}")
-    if certifications is None:
-        certifications = [CERTIFICATION.format(model=m) for m in MODELS]
+def certification_commands(certifications):
+    """With a tier: models.csv and junit.xml of the given certification files."""
     if not (TIER and certifications):
-        return [board]
+        return []
     files = " ".join(certifications)
     return [f"rm -f {MODELS_CSV} && apr-qa export-csv {files} --output {MODELS_CSV}",
-            f"apr-qa junit {files} --output {JUNIT}", board]
+            f"apr-qa junit {files} --output {JUNIT}"]
+
+
+def report_commands():
+    """The report rule: the certification files of every model, then the Andon board (report.md/.html)."""
+    board = (f"apr-qa report --results {RESULTS} --models {','.join(MODELS)} --variants {','.join(ALL_VARIANTS)} "
+             f"--prompts {config['evaluation']['prompts']} --out {REPORT}")
+    return [*certification_commands([CERTIFICATION.format(model=m) for m in MODELS]), board]
+
+
+# After a crash. The board describes the results as they are when the last run ended. A run that
+# executes jobs marks it "not current" when it starts (removing it then would make Snakemake rerun
+# the report rule); the report rule, or else onsuccess/onerror, rewrites it, so a killed run leaves
+# the mark. The next run that finds no Snakemake lock in this directory (after `--unlock`) removes
+# a marked board, so its report rule writes a current one, and the temporary files of killed
+# commands (apr_qa.workflow.tempfiles). A run under the lock (onstart) removes those too.
+
+
+def drop_board():
+    for path in (REPORT, REPORT_HTML):
+        Path(path).unlink(missing_ok=True)
+
+
+def write_board():
+    """The board, written in this process (no apr-qa command needed): it can always be written."""
+    from apr_qa.workflow.report import write_report
+
+    overall = write_report(Path(RESULTS), list(MODELS), ALL_VARIANTS, Path(REPORT),
+                           Path(config["evaluation"]["prompts"]))
+    print(f"{REPORT}: {overall}", file=sys.stderr)
+
+
+def remove_leftovers():
+    for path in remove_stale_temps([RESULTS, JOB_ENV[checksums.CACHE_ENV]]):
+        print(f"removed {path}: temporary file of a killed run", file=sys.stderr)
+
+
+def recover_from_crash():
+    """At parse time, only while no Snakemake holds this directory's lock."""
+    from apr_qa.workflow.report import is_not_current
+
+    if not workflow.is_main_process or any(Path(".snakemake/locks").glob("*.lock")):
+        return
+    remove_leftovers()
+    if is_not_current(Path(REPORT)):
+        print(f"{REPORT} was left 'not current' by an interrupted run: the report rule rewrites it", file=sys.stderr)
+        drop_board()
+
+
+def start_run():
+    """onstart (a run with jobs, under Snakemake's lock)."""
+    from apr_qa.workflow.report import mark_not_current
+
+    remove_leftovers()
+    mark_not_current(Path(REPORT), time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+
+
+def finish_run():
+    """onsuccess: the board, when this run did not rewrite it (no report job ran)."""
+    from apr_qa.workflow.report import is_not_current
+
+    if is_not_current(Path(REPORT)):
+        write_board()
 
 
 def write_report_after_failure():
     """After a failed run: BLOCKED certifications for the models whose tier variants the gates
-    stopped (from their stage evidence), then the reports of whatever exists."""
+    stopped (from their stage evidence), then the reports of whatever exists. Every step that
+    fails says so on stderr; the board is removed first, so it is never left claiming a state the
+    results no longer have."""
+    drop_board()
     if TIER:
         from apr_qa.workflow.certify import certify_blocked
 
@@ -204,10 +283,18 @@ def write_report_after_failure():
                 certify_blocked(Path(RESULTS), m, MODELS[m]["repo"], PLAYBOOK, VARIANTS[m],
                                 Path(CERTIFICATION.format(model=m)), family=MODELS[m].get("family"))
             except Exception as exc:  # best effort: the board must still be written
-                print(f"certification of {m} after failure: {exc}", file=sys.stderr)
+                print(f"ERROR: certification of {m} after failure: {exc}", file=sys.stderr)
     existing = [CERTIFICATION.format(model=m) for m in MODELS if os.path.exists(CERTIFICATION.format(model=m))]
-    for cmd in report_commands(existing):
-        shell(cmd + " || true")
+    for cmd in certification_commands(existing):
+        try:
+            shell(cmd)
+        except Exception as exc:
+            print(f"ERROR: after the failure, `{cmd}` failed too: {exc}", file=sys.stderr)
+    try:
+        write_board()
+    except Exception as exc:
+        print(f"ERROR: the failure report {REPORT} could not be written ({type(exc).__name__}: {exc}); "
+              "there is no report until the next run", file=sys.stderr)
 
 
 def certified_summaries(wildcards):
@@ -237,6 +324,58 @@ def model_digest(wildcards):
     manifest = MANIFEST.format(model=wildcards.model)
     parts.append(weights_digest(manifest) if os.path.exists(manifest) else "pending")
     return ",".join(parts)
+
+
+# Integrity. Snakemake rebuilds a missing file only when a job that needs it has to run; here
+# nothing downstream of a conversion ever does by itself (ancient inputs, digest params), so a
+# deleted .apr would stay deleted under a report that certifies it. The report therefore takes
+# every artifact the results claim as (ancient) input, plus a param that names whatever lost its
+# bytes: then the report job has to run, which makes Snakemake rebuild each missing artifact
+# (an identical rebuild still cascades no further: the consumers' digest params are unchanged, and
+# once the artifact is back the report's param is "intact" again). A file whose recorded sha256
+# no longer matches (checked through the stat-keyed cache: free while size and times are
+# unchanged) is not silently replaced: the report job's verify-checksums halts naming it.
+CLAIMED = [APR, APR_SHA, CONVERSION, EVIDENCE, EVALUATION, MARKER.replace("{stage}", "validate"),
+           MARKER.replace("{stage}", "evaluate"), SUMMARY]
+
+
+def claimed_artifacts(wildcards):
+    return [ancient(t.format(model=m, variant=v)) for m in MODELS if downloaded(m) for v in VARIANTS[m]
+            for t in CLAIMED]
+
+
+def checksum_records(wildcards):
+    """The download manifest and every .apr record of each downloaded model."""
+    return [ancient(MANIFEST.format(model=m)) for m in MODELS if downloaded(m)] + [
+        ancient(APR_SHA.format(model=m, variant=v)) for m in MODELS if downloaded(m) for v in VARIANTS[m]]
+
+
+_reported = set()
+
+
+def integrity_state(wildcards):
+    """Param of the report: "intact", or every claimed artifact that is missing or lost its bytes."""
+    problems, halting = [], []
+    for m in MODELS:
+        manifest = MANIFEST.format(model=m)
+        claimed = [t.format(model=m, variant=v) for v in VARIANTS[m] for t in CLAIMED]
+        if not os.path.exists(manifest):
+            problems += [f"{manifest}: missing"] if any(map(os.path.exists, claimed)) else []
+            continue
+        if read_json(manifest).get("status") != "ok":
+            continue
+        claimed += [CERTIFICATION.format(model=m)] if TIER else []
+        claimed += [ORACLE.format(model=m)] if ORACLE_ON else []
+        problems += [f"{p}: missing" for p in claimed if not os.path.exists(p)]
+        for record in [manifest] + [APR_SHA.format(model=m, variant=v) for v in VARIANTS[m]]:
+            found = integrity.problem(Path(record)) if os.path.exists(record) else None
+            if found and (record == manifest or found[1] != "missing"):  # a missing .apr is rebuilt
+                halting.append(f"{found[0]}: {found[1]}")
+    for p in halting:
+        if p not in _reported:
+            _reported.add(p)
+            print(f"INTEGRITY: {p}; the report job halts on it", file=sys.stderr)
+    return "; ".join(problems + halting) or "intact"
 
 
 def summaries_digest(wildcards):

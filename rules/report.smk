@@ -4,6 +4,8 @@
 # tier, the BLOCKED certifications). With a tier the rule also writes the registry (models.csv),
 # JUnit XML (one testcase per gate/scenario) and the Pareto plot, which report.md links and the
 # single-file report.html embeds. Outputs are registered for `snakemake --report` too.
+# Before writing, the rule verifies every checksum record of the results (download manifests and
+# .apr records) and takes every artifact they claim as input: see "Integrity" in rules/common.smk.
 
 rule report:
     input:
@@ -11,6 +13,8 @@ rule report:
         certifications,
         oracles,
         manifests=[ancient(MANIFEST.format(model=m)) for m in MODELS],
+        claimed=claimed_artifacts,
+        records=checksum_records,
         prompts=config["evaluation"]["prompts"],
     output:
         REPORT,
@@ -24,9 +28,11 @@ rule report:
     params:
         fp=fingerprint("report"),
         summaries=summaries_digest,
+        integrity=integrity_state,
+        verify=lambda wc, input: f"apr-qa verify-checksums {' '.join(input.records)} && " if input.records else "",
         cmd=" && ".join(report_commands()),
     localrule: True
     conda:
         "../envs/apr-qa.yaml"
     shell:
-        "({params.cmd}) > {log} 2>&1"
+        "({params.verify}{params.cmd}) > {log} 2>&1"

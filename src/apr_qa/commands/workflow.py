@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -28,8 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--unsafe-allow-pickle", action="store_true", help="gate G6: allow pickle weights (.bin/.pt)")
     p.set_defaults(func=cmd_download)
 
-    p = sub.add_parser("verify-checksums", help="re-check the files of a download manifest (gate D4)")
-    p.add_argument("manifest", type=Path)
+    p = sub.add_parser("verify-checksums", help="re-check the files checksum records name (gate D4): download "
+                       "manifests and FILE.sha256.json records; fails when one differs or nothing was verified")
+    p.add_argument("records", type=Path, nargs="+", metavar="RECORD")
     p.add_argument("--no-cache", action="store_true", help="rehash even files whose stat is unchanged")
     p.set_defaults(func=cmd_verify_checksums)
 
@@ -117,10 +119,14 @@ def _read_json(path: Path) -> dict:
 
 
 def cmd_verify_checksums(args: argparse.Namespace) -> int:
-    from ..workflow.download import verify_manifest
+    from ..workflow import checksums
+    from ..workflow.integrity import verify_records
 
-    n = verify_manifest(_read_json(args.manifest), use_cache=not args.no_cache)
-    print(f"{args.manifest}: {n} files match their recorded sha256", file=sys.stderr)
+    if args.no_cache:
+        os.environ.pop(checksums.CACHE_ENV, None)
+    n = verify_records(args.records)
+    where = args.records[0] if len(args.records) == 1 else f"{len(args.records)} records"
+    print(f"{where}: {n} files match their recorded sha256", file=sys.stderr)
     return 0
 
 

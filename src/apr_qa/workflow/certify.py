@@ -32,6 +32,7 @@ def paths(results: Path, model: str, variant: str | None = None) -> dict[str, Pa
     if variant is not None:
         p.update({
             "apr": results / "apr" / model / f"{model}.{variant}.apr",
+            "apr_record": results / "apr" / model / f"{model}.{variant}.apr.sha256.json",
             "convert": results / "convert" / model / f"{variant}.json",
             "validate": results / "validate" / model / f"{variant}.json",
             "evaluate": results / "evaluate" / model / f"{variant}.json",
@@ -88,6 +89,7 @@ def summarize(results: Path, model: str, variant: str, fingerprints: dict[str, s
             if stage == "convert" and doc.get("seconds", 0) > SLOW_CONVERSION_S and colour == "green":
                 colour = "yellow"
             stages[stage] = {"colour": colour, "gates": gates}
+    _check_artifacts(stages, p)
     summary: dict[str, Any] = {"model": model, "variant": variant, "stages": stages,
                                "fingerprints": fingerprints or {}}
     if manifest is not None and manifest.get("status") == "skipped":
@@ -103,8 +105,34 @@ def summarize(results: Path, model: str, variant: str, fingerprints: dict[str, s
             return {**summary, "status": "BLOCKED", "stage": stage, "gate": gate.get("id", "?"),
                     "level": gate.get("level", s.get("level")), "reason": reason}
         if s["colour"] is None:
-            return {**summary, "status": "PENDING", "stage": stage}
+            why = {"reason": s["reason"]} if "reason" in s else {}
+            return {**summary, "status": "PENDING", "stage": stage, **why}
     return {**summary, "status": "CERTIFIED"}
+
+
+def _check_artifacts(stages: dict[str, dict[str, Any]], p: dict[str, Path]) -> None:
+    """A stage whose files lost their recorded bytes is red (D4, halt); one whose .apr or record is
+    gone has not produced anything (yet): the variant is not certified by evidence alone."""
+    from .integrity import problem
+
+    for stage, record in (("download", p["manifest"]), ("convert", p["apr_record"])):
+        if stages[stage]["colour"] not in ("green", "yellow"):
+            continue
+        if stage == "convert" and not (p["apr"].exists() and record.exists()):
+            missing = p["apr"] if not p["apr"].exists() else record
+            stages[stage] = {"colour": None, "gates": [], "reason": f"{missing} is missing"}
+            continue
+        found = problem(record)
+        if found is None:
+            continue
+        path, why = found
+        if why == "missing":
+            stages[stage] = {"colour": None, "gates": [], "reason": f"{path} is missing"}
+            continue
+        message = f"{path}: {why} ({record})"
+        stages[stage] = {"colour": "red", "level": "halt", "reason": f"D4 checksum mismatch: {message}",
+                         "gates": [{"id": "D4", "name": "checksum", "level": "halt", "passed": False,
+                                    "measured": "mismatch", "threshold": "recorded sha256", "message": message}]}
 
 
 # Andon policies the workflow knows; a playbook's fail-fast (halt + diagnostics) stops at the first failure.

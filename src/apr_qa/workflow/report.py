@@ -104,7 +104,7 @@ def _board(results: Path, models: list[str], variants: list[str], prompts: Path 
         elif r["status"] in ("SKIPPED",):
             why = r.get("reason") or ""
         elif r["status"] == "PENDING":
-            why = f"{r['stage']} not run"
+            why = r.get("reason") or f"{r['stage']} not run"
         table.append([r["model"], r["variant"], r["status"], *(COLOUR[st[s]["colour"]] for s in st), why])
     out += [("table", ["model", "variant", "status", "download", "convert", "validate", "evaluate",
                        "blocking gate / reason"], table)]
@@ -373,3 +373,37 @@ def write_report(results: Path, models: list[str], variants: list[str], out: Pat
     write_text_atomic(out, to_markdown(blocks, out.parent))
     write_text_atomic(out.with_suffix(".html"), to_html(blocks))
     return overall
+
+
+# A run that executes jobs marks the board "not current" when it starts; the report rule (or the
+# Snakefile's onsuccess/onerror) rewrites it when the run ends. A killed run leaves the mark, so the
+# board never passes for a description of results that the killed jobs may have removed.
+NOT_CURRENT = "<!-- apr-qa: not current -->"
+
+
+def mark_not_current(out: Path, started: str) -> bool:
+    """Prefix report.md (and report.html beside it) with the mark; False when there is no board."""
+    note = (f"**Not current:** a workflow run started {started} has not finished (still running, or "
+            "interrupted). This board describes the results before that run; rerun the workflow to rewrite it.")
+    try:
+        text = out.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return False
+    if NOT_CURRENT not in text:
+        write_text_atomic(out, f"{NOT_CURRENT}\n> {note}\n\n{text}")
+    page_path = out.with_suffix(".html")
+    try:
+        page = page_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return True
+    if NOT_CURRENT not in page and "<body>" in page:
+        banner = f"<body>\n{NOT_CURRENT}<p style=\"background:#fdd;padding:8px\">{_inline(note)}</p>"
+        write_text_atomic(page_path, page.replace("<body>", banner, 1))
+    return True
+
+
+def is_not_current(out: Path) -> bool:
+    try:
+        return NOT_CURRENT in out.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return False

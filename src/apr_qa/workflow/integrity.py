@@ -1,0 +1,110 @@
+"""Integrity of what the results claim: every file a checksum record names still has its bytes.
+
+The workflow writes two kinds of checksum record: the download manifest (`files`: one entry per
+downloaded file with its `path` and `sha256`) and the artifact record beside each .apr
+(`{"path", "size", "sha256"}`, from `apr-qa checksum --json`); the checksum cache's entries
+(`{"path", "stat", "sha256"}`) have the single-file shape too. Files are hashed through the
+stat-keyed cache (apr_qa.workflow.checksums), so checking an unchanged file costs a stat and a
+small read, while a file whose size or times changed is rehashed before it is trusted again.
+
+`problem()` says what is wrong with one record without raising (planning uses it to decide what
+to rebuild); `verify_records()` raises on the first mismatch (the `verify-checksums` command).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import AprQaError, GateFailure
+from .checksums import sha256
+
+
+def rebuild_hint(record: Path, doc: dict[str, Any]) -> str:
+    if isinstance(doc.get("files"), list):
+        return f"download it again: snakemake --forcerun {record}"
+    return "delete it (or run snakemake --forcerun on it) to rebuild it"
+
+
+def read_record(record: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(record.read_text())
+    except (OSError, ValueError) as exc:
+        raise AprQaError(f"cannot read checksum record: {exc}", record) from None
+    if not isinstance(doc, dict) or not (isinstance(doc.get("files"), list) or "sha256" in doc):
+        raise AprQaError("not a checksum record (neither a download manifest with `files` nor a "
+                         "{path, sha256} record)", record)
+    return doc
+
+
+def entries(record: Path, doc: dict[str, Any]) -> list[tuple[Path, str, int | None]]:
+    """(file, recorded sha256, recorded size or None) for every file the record names."""
+    if isinstance(doc.get("files"), list):
+        items = doc["files"]
+    else:
+        items = [doc]
+    out = []
+    for item in items:
+        if not (isinstance(item, dict) and isinstance(item.get("path"), str) and isinstance(item.get("sha256"), str)):
+            raise AprQaError(f"checksum record entry without path and sha256: {item!r}"[:200], record)
+        out.append((_locate(record, Path(item["path"])), item["sha256"], item.get("size")))
+    return out
+
+
+def _locate(record: Path, path: Path) -> Path:
+    """A relative path is relative to the workflow's directory (where the records are written from);
+    run from elsewhere, an artifact beside its own record is still found."""
+    if path.is_absolute() or path.exists():
+        return path
+    beside = record.parent / path.name
+    return beside if beside.exists() else path
+
+
+def check_file(path: Path, want_sha: str, want_size: int | None) -> str | None:
+    """None when the file still has the recorded bytes, else why not."""
+    if not path.is_file():
+        return "missing"
+    size = path.stat().st_size
+    if want_size is not None and size != want_size:
+        return f"size {size} differs from the recorded {want_size}"
+    got = sha256(path)
+    if got != want_sha:
+        return f"sha256 {got} differs from the recorded {want_sha}"
+    return None
+
+
+def problem(record: Path) -> tuple[Path, str] | None:
+    """(file, what is wrong) for the first file of `record` that lost its recorded bytes; None when
+    all are intact or the record itself is absent (nothing is claimed yet)."""
+    if not record.exists():
+        return None
+    try:
+        for path, want, size in entries(record, read_record(record)):
+            why = check_file(path, want, size)
+            if why is not None:
+                return path, why
+    except AprQaError as exc:
+        return record, str(exc)
+    return None
+
+
+def verify_records(records: list[Path]) -> int:
+    """Check every file every record names; returns how many. Raises a halt-level D4 GateFailure
+    naming the first file that lost its bytes, and an error for a record that names no file."""
+    total = 0
+    for record in records:
+        doc = read_record(record)
+        files = entries(record, doc)
+        if not files:
+            status = f" (status {doc['status']})" if "status" in doc else ""
+            raise AprQaError(f"checksum record lists no files{status}: nothing to verify", record)
+        for path, want, size in files:
+            why = check_file(path, want, size)
+            if why == "missing":
+                raise AprQaError(f"missing, but named by the checksum record {record}; {rebuild_hint(record, doc)}",
+                                 path)
+            if why is not None:
+                raise GateFailure(f"D4 checksum mismatch: {why} ({record}); {rebuild_hint(record, doc)}", "halt", path)
+        total += len(files)
+    return total
