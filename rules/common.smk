@@ -368,7 +368,7 @@ def integrity_state(wildcards):
         claimed += [ORACLE.format(model=m)] if ORACLE_ON else []
         problems += [f"{p}: missing" for p in claimed if not os.path.exists(p)]
         for record in [manifest] + [APR_SHA.format(model=m, variant=v) for v in VARIANTS[m]]:
-            found = integrity.problem(Path(record)) if os.path.exists(record) else None
+            found = integrity.problem_unless_unchanged(Path(record))
             if found and (record == manifest or found[1] != "missing"):  # a missing .apr is rebuilt
                 halting.append(f"{found[0]}: {found[1]}")
     for p in halting:

@@ -14,6 +14,7 @@ checkpoint download:
         revision=lambda wc: MODELS[wc.model].get("revision", "main"),
         files=lambda wc: " ".join(f"--files '{g}'" for g in MODELS[wc.model].get("files", [])),
         pickle=lambda wc: pickle_flag(wc.model),
+        pins=lambda wc: " ".join(f"--sha256 '{n}={h}'" for n, h in MODELS[wc.model].get("sha256", {}).items()),
         max_gb=config["download"]["max_size_gb"],
         retries=config["download"]["retries"],
         andon=lambda wc: andon("download", wc.model),
@@ -26,5 +27,5 @@ checkpoint download:
         "../envs/apr-qa.yaml"
     shell:
         "{params.andon} apr-qa download {params.repo} --id {wildcards.model} --revision {params.revision} "
-        "{params.files} {params.pickle} --max-size-gb {params.max_gb} --retries {params.retries} "
+        "{params.files} {params.pickle} {params.pins} --max-size-gb {params.max_gb} --retries {params.retries} "
         "--manifest {output.manifest} > {log} 2>&1"

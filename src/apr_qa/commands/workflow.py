@@ -27,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retries", type=int, default=3, help="gate D3 retries on network errors")
     p.add_argument("--backoff", type=float, default=2.0, help="first retry wait in seconds (doubles)")
     p.add_argument("--unsafe-allow-pickle", action="store_true", help="gate G6: allow pickle weights (.bin/.pt)")
+    p.add_argument("--sha256", action="append", default=[], metavar="NAME=HEX",
+                   help="pin a file's sha256 (repeatable); with pins, every fetched file must be pinned (gate D4)")
     p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("verify-checksums", help="re-check the files checksum records name (gate D4): download "
@@ -99,10 +101,10 @@ def _andon_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_download(args: argparse.Namespace) -> int:
     from ..fsutil import write_text_atomic
-    from ..workflow.download import ModelSpec, Options, download
+    from ..workflow.download import ModelSpec, Options, download, parse_pins
 
     spec = ModelSpec(args.model_id or args.repo.split("/")[-1], args.repo, args.revision, args.files,
-                     args.unsafe_allow_pickle)
+                     args.unsafe_allow_pickle, parse_pins(args.sha256))
     manifest = download(spec, Options(args.cache_dir, args.max_size_gb, args.retries, args.backoff))
     write_text_atomic(args.manifest, json.dumps(manifest, indent=2) + "\n")
     if manifest["status"] == "ok":

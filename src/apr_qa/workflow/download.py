@@ -4,6 +4,12 @@ The revision is resolved to a commit and recorded. Only an allow-list of safe fi
 and every file is verified: LFS files against the hub's sha256, small files against their git blob
 sha1. Online, the expectations come from the hub's file listing (`model_info(files_metadata=True)`);
 with HF_HUB_OFFLINE=1 they come from the cache itself, whose blobs are named by exactly those ids.
+A model may also pin the sha256 of its files (`sha256: {name: hex}` in the config, `--sha256
+NAME=HEX`): then every fetched file must be pinned and match the pin, online and offline, so the
+offline check compares with a recorded value rather than the blob's own name.
+Repository file names are checked before anything is fetched: a name with `..`, an absolute path,
+a backslash or an empty part is refused, and a cached file must resolve to a blob inside the
+repo's own cache folder (a link pointing elsewhere is refused).
 
 Gates: D1 repo missing and D2 no supported weights skip the model (manifest status "skipped", a
 warning); G6 pickle weights are refused unless allowed (skip, like D2); D3 network errors are
@@ -44,6 +50,7 @@ class ModelSpec:
     revision: str = "main"
     files: list[str] = field(default_factory=list)  # extra narrowing patterns (e.g. one GGUF of many)
     allow_pickle: bool = False
+    sha256: dict[str, str] = field(default_factory=dict)  # pinned file name -> expected sha256
 
 
 @dataclass
@@ -52,6 +59,14 @@ class Options:
     max_size_gb: float = 10.0           # D5
     retries: int = 3                    # D3
     backoff_s: float = 2.0              # first wait; doubles per retry
+
+
+def check_repo_name(repo: str, name: str) -> None:
+    """Refuse a repository file name that could write outside the snapshot folder."""
+    parts = name.split("/")
+    if (not name or name.startswith("/") or "\\" in name or re.match(r"^[A-Za-z]:", name)
+            or any(p in ("", ".", "..") for p in parts) or "\0" in name):
+        raise AprQaError(f"unsafe file name {name!r} in {repo}: absolute, '..' or empty path parts are refused")
 
 
 def _matches(name: str, patterns: tuple[str, ...] | list[str]) -> bool:
@@ -141,13 +156,42 @@ def _offline_listing(spec: ModelSpec, opts: Options) -> Listing | None:
     if commit is None or not snapshot.is_dir():
         return None
     files = {}
+    blobs = (storage / "blobs").resolve()
     for path in sorted(p for p in snapshot.rglob("*") if p.is_file()):
         name = path.relative_to(snapshot).as_posix()
+        if not path.resolve().is_relative_to(blobs):
+            raise AprQaError("cached file links outside the repo's blob folder; refused", path)
         blob_id = Path(os.readlink(path)).name if path.is_symlink() else None
-        if blob_id is None or not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", blob_id):
-            raise AprQaError("cached file is not a link to a content-addressed blob; cannot verify it offline", path)
+        content_addressed = blob_id is not None and re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", blob_id)
+        if not content_addressed and name in spec.sha256:  # a blob named otherwise (olah's offline etags)
+            files[name] = {"size": path.stat().st_size, "sha256": spec.sha256[name]}
+            continue
+        if not content_addressed:
+            raise AprQaError("cached file is not a link to a content-addressed blob and has no pinned sha256; "
+                             "cannot verify it offline", path)
         files[name] = {"size": path.stat().st_size, ("sha256" if len(blob_id) == 64 else "git_sha1"): blob_id}
     return Listing(commit, files)
+
+
+def _remove_stale_partials(spec: ModelSpec, opts: Options) -> None:
+    """Delete `<etag>.<id>.incomplete` files that killed downloads left in the repo's blob folder.
+
+    huggingface_hub writes each download to a file unique to its process and holds
+    `.locks/<repo>/<etag>.lock` meanwhile; a partial file whose lock can be taken at once has no live
+    writer (its process died), so removing it cannot disturb a concurrent download of the same cache.
+    """
+    from filelock import FileLock, Timeout
+    from huggingface_hub.file_download import repo_folder_name
+
+    folder = repo_folder_name(repo_id=spec.repo, repo_type="model")
+    for partial in sorted((_cache_root(opts) / folder / "blobs").glob("*.incomplete")):
+        lock = FileLock(_cache_root(opts) / ".locks" / folder / f"{partial.name.split('.')[0]}.lock")
+        try:
+            with lock.acquire(timeout=0):
+                partial.unlink(missing_ok=True)
+                print(f"note: removed {partial.name}, left by an interrupted download", file=sys.stderr)
+        except Timeout:
+            continue  # another process is downloading this blob right now
 
 
 def _record_ref(spec: ModelSpec, commit: str, opts: Options) -> None:
@@ -182,6 +226,15 @@ def download(spec: ModelSpec, opts: Options) -> dict[str, Any]:
         return _skip(spec, Evidence("D1", "repository exists", False, "not in offline cache", "cached snapshot",
                                     "warn", f"{spec.repo}@{spec.revision} is not in the HF cache {_cache_root(opts)} "
                                             "and HF_HUB_OFFLINE=1"))
+    for name in listing.files:
+        check_repo_name(spec.repo, name)
+    # Online the listing is the whole repo: a pin naming no file there is a mistake. Offline it is what
+    # the cache holds: only the pinned files a download would fetch must be there.
+    expected = select_files(list(spec.sha256), spec)[0] if offline else spec.sha256
+    stray = sorted(set(expected) - set(listing.files))
+    if stray:
+        where = "the offline cache of " if offline else ""
+        raise AprQaError(f"pinned files not in {where}{spec.repo}@{listing.commit[:12]}: {', '.join(stray)}")
     chosen, refused = select_files(sorted(listing.files), spec)
     fmt = weight_format(chosen)
     if fmt is None:
@@ -196,12 +249,21 @@ def download(spec: ModelSpec, opts: Options) -> dict[str, Any]:
     ggufs = [f for f in chosen if f.endswith(".gguf")]
     if len(ggufs) > 1:
         raise AprQaError(f"{spec.repo} has {len(ggufs)} GGUF files ({', '.join(ggufs)}); choose one with `files:`")
+    if spec.sha256:
+        unpinned = [n for n in chosen if n not in spec.sha256]
+        if unpinned:
+            raise GateFailure(f"D4 unpinned files in {spec.repo}: {', '.join(unpinned)} have no recorded sha256 "
+                              "(the model pins its files; add them to `sha256:` or remove the pins)", "halt")
 
+    if not offline:
+        _remove_stale_partials(spec, opts)
     records = []
     for name in chosen:
         path = with_retries(f"{spec.repo}/{name}", lambda: hf_hub_download(
             spec.repo, name, revision=listing.commit,
             cache_dir=str(opts.cache_dir) if opts.cache_dir is not None else None), opts)
+        if not Path(path).resolve().is_relative_to(_cache_root(opts).resolve()):
+            raise AprQaError(f"downloaded file of {spec.repo}/{name} resolves outside the HF cache; refused", path)
         records.append(_verify(spec, listing, name, Path(path)))
 
     if not offline and not COMMIT.match(spec.revision):
@@ -236,12 +298,18 @@ def _verify(spec: ModelSpec, listing: Listing, name: str, path: Path) -> dict[st
     else:
         kind, want, got = "git-sha1", expected["git_sha1"], git_blob_sha1(path)
     if want != got:
-        raise GateFailure(f"D4 checksum mismatch for {spec.repo}@{listing.commit[:12]}/{name}: expected {kind} "
+        label = "pinned sha256" if spec.sha256.get(name) == want else kind
+        raise GateFailure(f"D4 checksum mismatch for {spec.repo}@{listing.commit[:12]}/{name}: expected {label} "
                           f"{want}, got {got} (file {path.resolve()}; inspect it, delete it to re-download)",
                           "halt", path)
+    digest = got if kind == "sha256" else sha256(path.resolve())
+    pinned = spec.sha256.get(name)
+    if pinned is not None and pinned.lower() != digest:
+        raise GateFailure(f"D4 checksum mismatch for {spec.repo}/{name}: pinned sha256 {pinned}, got {digest} "
+                          f"(file {path.resolve()}; inspect it, delete it to re-download)", "halt", path)
     size = path.stat().st_size
-    return {"name": name, "path": str(path), "size": size, "lfs": kind == "sha256",
-            "sha256": got if kind == "sha256" else sha256(path.resolve()), kind.replace("-", "_"): got}
+    return {"name": name, "path": str(path), "size": size, "lfs": kind == "sha256", "sha256": digest,
+            kind.replace("-", "_"): got, **({"pinned": True} if pinned is not None else {})}
 
 
 def weights_key(manifest: dict[str, Any]) -> str:
@@ -263,3 +331,14 @@ def verify_manifest(manifest: dict[str, Any], use_cache: bool = True) -> int:
             raise GateFailure(f"D4 checksum mismatch for {manifest['repo']}/{f['name']}: recorded sha256 "
                               f"{f['sha256']}, now {got}", "halt", path)
     return len(manifest.get("files", []))
+
+
+def parse_pins(items: list[str]) -> dict[str, str]:
+    """`NAME=HEX` pairs (the --sha256 option) -> {name: sha256}; a malformed pair is a one-line error."""
+    pins = {}
+    for item in items:
+        name, _, digest = item.rpartition("=")
+        if not name or not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
+            raise AprQaError(f"--sha256 {item!r}: expected NAME=<64 hex digits>")
+        pins[name] = digest.lower()
+    return pins

@@ -8,23 +8,30 @@ It speaks the part of the hub protocol huggingface_hub's downloads use:
                                              ("localhost" vs "127.0.0.1", like the hub's CDN), with
                                              X-Linked-Etag = sha256 and X-Linked-Size
   GET  /lfs/{sha256}                         the blob itself
+  POST /api/models/{repo}/paths-info/{rev}   form `paths=...`: [{type, path, size, oid, lfs}] (what
+                                             caching proxies such as olah ask before a resolve)
 Every resolve response carries X-Repo-Commit. Errors carry X-Error-Code (RepoNotFound,
 RevisionNotFound, EntryNotFound) as the hub does, which huggingface_hub maps to its exceptions.
 
 The served repository state is fixed when the mirror starts (like a commit); changing a file on
 disk afterwards makes the mirror serve bytes that no longer match its listing, which is how tests
-model a corrupted transfer. `fail_next()` injects transient 5xx responses.
+model a corrupted transfer. `fail_next()` injects transient 5xx responses. Blobs honour a
+`Range: bytes=N-[M]` request with 206 (how huggingface_hub resumes an `.incomplete` file), and
+`block_delay_s` slows each 1 MiB block sent, so a test can interrupt a download mid-file;
+`cut_next()` closes the connection after some bytes of a blob, as a dropped transfer does.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..fsutil import sha256_file
 from .checksums import git_blob_sha1
@@ -82,11 +89,13 @@ class HubMirror:
     """`with HubMirror({"org/name": folder}) as hub: os.environ["HF_ENDPOINT"] = hub.url`."""
 
     def __init__(self, repos: dict[str, str | Path | list[Path]], host: str = "127.0.0.1", port: int = 0,
-                 token: str | None = None):
+                 token: str | None = None, block_delay_s: float = 0.0):
+        self.block_delay_s = block_delay_s
         self.repos = {rid: HubRepo.from_folder(rid, folder) for rid, folder in repos.items()}
         self.token = token
         self.requests: list[str] = []
         self._failures: list[list] = []  # [path prefix, remaining count, status]
+        self._cuts: list[list] = []      # [path prefix, remaining count, bytes sent before closing]
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer((host, port), _handler(self))
         self._thread: threading.Thread | None = None
@@ -99,6 +108,18 @@ class HubMirror:
     def fail_next(self, path_prefix: str, count: int = 1, status: int = 503) -> None:
         with self._lock:
             self._failures.append([path_prefix, count, status])
+
+    def cut_next(self, path_prefix: str, after_bytes: int, count: int = 1) -> None:
+        with self._lock:
+            self._cuts.append([path_prefix, count, after_bytes])
+
+    def _injected_cut(self, path: str) -> int | None:
+        with self._lock:
+            for cut in self._cuts:
+                if path.startswith(cut[0]) and cut[1] > 0:
+                    cut[1] -= 1
+                    return cut[2]
+        return None
 
     def _injected_failure(self, path: str) -> int | None:
         with self._lock:
@@ -140,8 +161,27 @@ def _handler(mirror: HubMirror) -> type[BaseHTTPRequestHandler]:
         def do_HEAD(self) -> None:
             self._route(send_body=False)
 
+        def do_POST(self) -> None:
+            path = unquote(urlsplit(self.path).path)
+            mirror.requests.append(f"POST {path}")
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+            parts = path.strip("/").split("/")
+            if parts[:2] != ["api", "models"] or len(parts) != 6 or parts[4] != "paths-info":
+                return self._error(404, "NotFound", f"no route for POST {path}", True)
+            repo = self._repo_at("/".join(parts[2:4]), parts[5], True)
+            if repo is None:
+                return
+            names = [v for k, v in parse_qsl(body) if k == "paths"]
+            infos = []
+            for f in (repo.files[n] for n in names if n in repo.files):
+                info = {"type": "file", "path": f.name, "size": f.size, "oid": f.blob_id}
+                if f.sha256 is not None:
+                    info["lfs"] = {"oid": f.sha256, "size": f.size, "pointerSize": 134}
+                infos.append(info)
+            self._send(200, {"Content-Type": "application/json"}, json.dumps(infos).encode())
+
         def _send(self, status: int, headers: dict[str, str], body: bytes | Path = b"", send_body: bool = True,
-                  length: int | None = None) -> None:
+                  length: int | None = None, start: int = 0) -> None:
             self.send_response(status)
             for k, v in headers.items():
                 self.send_header(k, v)
@@ -150,9 +190,18 @@ def _handler(mirror: HubMirror) -> type[BaseHTTPRequestHandler]:
             if not send_body:
                 return
             if isinstance(body, Path):
+                left = length if length is not None else body.stat().st_size
+                cut = mirror._injected_cut(unquote(urlsplit(self.path).path))
+                if cut is not None:
+                    left = min(left, cut)
+                    self.close_connection = True
                 with open(body, "rb") as f:
-                    while block := f.read(1 << 20):
+                    f.seek(start)
+                    while left > 0 and (block := f.read(min(1 << 20, left))):
+                        left -= len(block)
                         self.wfile.write(block)
+                        if mirror.block_delay_s:
+                            time.sleep(mirror.block_delay_s)
             else:
                 self.wfile.write(body)
 
@@ -215,9 +264,18 @@ def _handler(mirror: HubMirror) -> type[BaseHTTPRequestHandler]:
         def _blob(self, digest: str, send_body: bool) -> None:
             for repo in mirror.repos.values():
                 for f in repo.files.values():
-                    if f.sha256 == digest:
-                        return self._send(200, {"ETag": f'"{digest}"', "Content-Type": "application/octet-stream"},
-                                          f.path, send_body, length=f.path.stat().st_size)
+                    if f.sha256 != digest:
+                        continue
+                    size = f.path.stat().st_size
+                    headers = {"ETag": f'"{digest}"', "Content-Type": "application/octet-stream",
+                               "Accept-Ranges": "bytes"}
+                    wanted = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+                    if wanted and int(wanted[1]) < size:
+                        start, end = int(wanted[1]), min(int(wanted[2] or size - 1), size - 1)
+                        mirror.requests.append(f"RANGE {start}-{end} /lfs/{digest}")
+                        return self._send(206, {**headers, "Content-Range": f"bytes {start}-{end}/{size}"},
+                                          f.path, send_body, length=end + 1 - start, start=start)
+                    return self._send(200, headers, f.path, send_body, length=size)
             self._error(404, "EntryNotFound", f"no blob {digest}", send_body)
 
     return Handler

@@ -89,6 +89,38 @@ def problem(record: Path) -> tuple[Path, str] | None:
     return None
 
 
+def _stat_key(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
+_planned: dict[tuple, tuple[Path, str] | None] = {}
+_named: dict[tuple, list[Path]] = {}
+
+
+def problem_unless_unchanged(record: Path) -> tuple[Path, str] | None:
+    """problem(), remembered while the record and every file it names keep their stat keys (the
+    checksum cache's validity rule). Planning asks after every finished checkpoint; this makes an
+    unchanged record cost a few stats instead of re-reading it and its cache entries."""
+    record_key = _stat_key(record)
+    if record_key is None:
+        return None
+    version = (str(record), record_key)
+    if version not in _named:
+        try:
+            _named[version] = [path for path, _, _ in entries(record, read_record(record))]
+        except AprQaError:
+            _named[version] = []
+    located = [_locate(record, p) for p in _named[version]]  # a relative path may resolve differently now
+    key = (version, *((str(p), _stat_key(p)) for p in located))
+    if key not in _planned:
+        _planned[key] = problem(record)
+    return _planned[key]
+
+
 def verify_records(records: list[Path]) -> int:
     """Check every file every record names; returns how many. Raises a halt-level D4 GateFailure
     naming the first file that lost its bytes, and an error for a record that names no file."""
