@@ -1,12 +1,18 @@
-"""The OpenAI-compatible server on a real (tiny) model; and JUnit counts on hand-made records."""
+"""The OpenAI-compatible server on a real (tiny) model, driven by raw HTTP and by the official `openai`
+client (streaming included); and JUnit counts on hand-made records."""
 
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -20,12 +26,16 @@ def server(tiny_llama):
     from apr_qa.runtime import load_model
 
     model = load_model(tiny_llama)
-    srv = make_server(Engine(model, "tiny"), "127.0.0.1", 0)
+    srv = make_server(Engine(model, "tiny", max_tokens_limit=64), "127.0.0.1", 0,
+                      max_body_bytes=4096, socket_timeout_s=SOCKET_TIMEOUT_S)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     yield model, f"http://127.0.0.1:{srv.server_address[1]}"
     srv.shutdown()
     srv.server_close()
+
+
+SOCKET_TIMEOUT_S = 1.0
 
 
 def call(url: str, body: dict | None = None, raw: bytes | None = None):
@@ -69,7 +79,12 @@ def test_chat_completion(server):
 
 
 @pytest.mark.parametrize("path,body,status,fragment", [
-    ("/v1/completions", {"prompt": "x", "stream": True}, 400, "stream"),
+    ("/v1/completions", {"prompt": "x", "stream": "yes"}, 400, "stream"),
+    ("/v1/completions", {"prompt": "x", "max_tokens": 65}, 400, "max_tokens"),
+    ("/v1/completions", {"prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
+    ("/v1/completions", {"prompt": "x", "model": "gpt-4"}, 404, "not served"),
+    ("/v1/completions", {"prompt": "x" * 5000}, 413, "over the limit"),
+    ("/v1/completions", {"prompt": "x", "stream": True, "max_tokens": 60000}, 400, "max_tokens"),
     ("/v1/completions", {"prompt": 3}, 400, "prompt"),
     ("/v1/completions", {"prompt": "x", "temperature": 9}, 400, "temperature"),
     ("/v1/completions", {"prompt": ""}, 400, "token"),   # the runtime's own refusal, passed on
@@ -103,3 +118,155 @@ def test_junit_counts():
     assert failure.get("message") == "C6: measured 10, threshold 12 - source 12, .apr 10"
     assert "slow" in root.find(".//system-out").text
     assert root.find(".//skipped").get("message") == "no CUDA"
+
+
+# -- the official openai client against the real server ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def client(server):
+    openai = pytest.importorskip("openai")
+    return openai.OpenAI(base_url=f"{server[1]}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def test_openai_client_completion_and_chat(server, client):
+    model, _ = server
+    assert [m.id for m in client.models.list()] == ["tiny"]
+    got = client.completions.create(model="tiny", prompt="Once upon", max_tokens=6, temperature=0)
+    direct = model.generate(["Once upon"], max_new_tokens=6, temperature=0.0)[0]
+    assert got.choices[0].text == direct.text and got.usage.completion_tokens == len(direct.token_ids)
+    messages = [{"role": "user", "content": "Hi"}]
+    chat = client.chat.completions.create(model="tiny", messages=messages, max_tokens=5, temperature=0)
+    prompt = model.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    assert chat.choices[0].message.content == model.generate([prompt], max_new_tokens=5, temperature=0.0)[0].text
+
+
+def test_openai_client_streams_chat_deltas_that_add_up(server, client):
+    model, _ = server
+    messages = [{"role": "user", "content": "Tell me a story"}]
+    chunks = list(client.chat.completions.create(model="tiny", messages=messages, max_tokens=12, temperature=0,
+                                                 stream=True, stream_options={"include_usage": True}))
+    prompt = model.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    direct = model.generate([prompt], max_new_tokens=12, temperature=0.0)[0]
+    assert {c.object for c in chunks} == {"chat.completion.chunk"} and len({c.id for c in chunks}) == 1
+    with_choices = [c for c in chunks if c.choices]
+    assert with_choices[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in with_choices) == direct.text
+    assert len(with_choices) >= 3   # role chunk, at least one delta, finish chunk: really incremental
+    assert [c.choices[0].finish_reason for c in with_choices][-1] in ("stop", "length")
+    assert all(c.choices[0].finish_reason is None for c in with_choices[:-1])
+    assert chunks[-1].usage.completion_tokens == len(direct.token_ids) and not chunks[-1].choices
+
+
+def test_openai_client_streams_text_completion(server, client):
+    model, _ = server
+    chunks = list(client.completions.create(model="tiny", prompt="The sea", max_tokens=8, temperature=0,
+                                            stream=True))
+    direct = model.generate(["The sea"], max_new_tokens=8, temperature=0.0)[0]
+    assert "".join(c.choices[0].text for c in chunks) == direct.text
+    assert chunks[-1].choices[0].finish_reason == {"eos": "stop"}.get(direct.finish_reason, "length")
+
+
+def test_openai_client_sees_openai_errors(client):
+    import openai
+
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="other", prompt="x", max_tokens=2)
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        client.completions.create(model="tiny", prompt="x", max_tokens=100000, stream=True)
+
+
+def test_raw_stream_is_sse_ending_with_done(server):
+    _, base = server
+    req = urllib.request.Request(f"{base}/v1/completions", json.dumps(
+        {"prompt": "abc", "max_tokens": 3, "stream": True, "temperature": 0}).encode())
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        assert resp.headers["Content-Type"] == "text/event-stream"
+        events = [line for line in resp.read().decode().split("\n\n") if line]
+    assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
+    assert json.loads(events[0][6:])["object"] == "text_completion"
+
+
+def _raw_connection(base: str) -> socket.socket:
+    host, port = base.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=30)
+
+
+def test_half_sent_and_silent_requests_time_out_without_blocking_others(server):
+    _, base = server
+    half = _raw_connection(base)
+    half.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"prompt\": ")
+    silent = _raw_connection(base)   # connects, never sends a byte
+    started = time.perf_counter()
+    assert call(f"{base}/v1/completions", {"prompt": "hi", "max_tokens": 2})[0] == 200
+    assert time.perf_counter() - started < SOCKET_TIMEOUT_S   # answered while both others still hang
+    for sock in (half, silent):
+        assert sock.recv(4096) == b""   # closed by the server once its socket timeout passed
+        sock.close()
+    assert time.perf_counter() - started < 10 * SOCKET_TIMEOUT_S + 5
+
+
+def test_client_that_leaves_mid_stream_does_not_wedge_the_server(server):
+    _, base = server
+    sock = _raw_connection(base)
+    body = json.dumps({"prompt": "go", "max_tokens": 60, "stream": True}).encode()
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    sock.recv(64)
+    sock.close()
+    assert call(f"{base}/v1/completions", {"prompt": "hi", "max_tokens": 2})[0] == 200
+
+
+def test_bounded_loopback_load_has_no_errors(server, client):
+    """50 requests, 8 at once, 2 tokens each, through the openai client: every one answered."""
+    def one(i: int) -> str:
+        if i % 2:
+            return client.completions.create(model="tiny", prompt=f"n{i}", max_tokens=2).choices[0].finish_reason
+        stream = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": f"n{i}"}],
+                                                max_tokens=2, stream=True)
+        return [c.choices[0].finish_reason for c in stream if c.choices][-1]
+
+    with ThreadPoolExecutor(8) as pool:
+        reasons = list(pool.map(one, range(50)))
+    assert len(reasons) == 50 and set(reasons) <= {"stop", "length"}
+
+
+def test_cli_serves_under_the_file_stem_and_a_given_id(tiny_llama, tmp_path):
+    from apr_qa.certify.serve import default_model_id
+
+    assert default_model_id(tiny_llama) == tiny_llama.name
+    assert default_model_id(tmp_path / "smollm2-135m.q4_k.apr") == "smollm2-135m.q4_k"
+    proc = subprocess.Popen([sys.executable, "-m", "apr_qa.cli", "serve", str(tiny_llama), "--port", "0",
+                             "--model-id", "org/tiny-chat"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    try:
+        line = json.loads(proc.stdout.readline())
+        assert line["event"] == "listening" and line["model"] == "org/tiny-chat"
+        assert call(f"{line['url']}/v1/models")[1]["data"][0]["id"] == "org/tiny-chat"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.real_model
+def test_openai_client_streams_from_smollm2(smollm2_gguf):
+    """The real shipped model (Q4_1 GGUF, packed weights) behind the server: streamed chat equals direct."""
+    import openai
+
+    from apr_qa.certify.serve import Engine, default_model_id, make_server
+    from apr_qa.runtime import load_model
+
+    model = load_model(smollm2_gguf)
+    srv = make_server(Engine(model, default_model_id(smollm2_gguf)), "127.0.0.1", 0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{srv.server_address[1]}/v1", api_key="unused",
+                               max_retries=0, timeout=120)
+        messages = [{"role": "user", "content": "What is the capital of France?"}]
+        stream = client.chat.completions.create(model="SmolLM2-135M-Instruct.Q4_1", messages=messages,
+                                                max_tokens=12, temperature=0, stream=True)
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        prompt = model.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        assert text == model.generate([prompt], max_new_tokens=12, temperature=0.0)[0].text
+        assert "Paris" in text
+    finally:
+        srv.shutdown()
+        srv.server_close()

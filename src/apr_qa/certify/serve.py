@@ -1,8 +1,11 @@
 """`apr-qa serve`: an OpenAI-compatible HTTP server on the built-in runtime (stdlib only).
 
-GET /health, GET /v1/models, POST /v1/completions, POST /v1/chat/completions (no streaming).
-One model, one generation at a time (a lock): the runtime is not re-entrant. On start it prints
-one JSON line {"event": "listening", "url": ...} to stdout, so callers may ask for port 0.
+GET /health, GET /v1/models, POST /v1/completions, POST /v1/chat/completions, with `stream: true` as
+server-sent events in OpenAI's chunk format (`chat.completion.chunk` / `text_completion`), ending with
+`data: [DONE]`. One model, one generation at a time (a lock): the runtime is not re-entrant. Connections
+are served by threads, each socket with a timeout, so a slow or half-sent request only holds its own
+thread; bodies over a size limit get 413, `max_tokens` over a limit 400. On start it prints one JSON line
+{"event": "listening", "url": ..., "model": ...} to stdout, so callers may ask for port 0.
 """
 
 from __future__ import annotations
@@ -12,10 +15,15 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
-MAX_BODY = 1 << 20
+MAX_BODY_BYTES = 1 << 20     # a chat prompt far longer than any context we serve still fits
+MAX_TOKENS_LIMIT = 1024      # per request; the model's context length may refuse sooner
+SOCKET_TIMEOUT_S = 15.0      # per read/write on one connection: a stalled client loses its connection
 FINISH = {"eos": "stop", "length": "length", "timeout": "length"}
 
 
@@ -23,6 +31,13 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str, kind: str = "invalid_request_error"):
         super().__init__(message)
         self.status, self.kind = status, kind
+
+    def body(self) -> dict:
+        return {"error": {"message": str(self), "type": self.kind, "param": None, "code": self.status}}
+
+
+class ClientGone(Exception):
+    """The client closed or stalled its connection mid-stream: generation stops, nothing more is sent."""
 
 
 def _number(body: dict, key: str, default: float, lo: float, hi: float) -> float:
@@ -34,90 +49,180 @@ def _number(body: dict, key: str, default: float, lo: float, hi: float) -> float
     return value
 
 
+def default_model_id(model_path: str | Path) -> str:
+    """The name clients see: a folder's name, or a file's name without its last suffix."""
+    path = Path(model_path)
+    return path.name if path.is_dir() else path.stem
+
+
+@dataclass
+class Job:
+    """One validated request: what to generate and how to answer."""
+    kind: str                       # "chat" | "text"
+    prompt: str
+    params: dict[str, Any]
+    stream: bool = False
+    include_usage: bool = False
+    id: str = ""
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
 class Engine:
     """Turns OpenAI request bodies into runtime calls and runtime results into OpenAI responses."""
 
-    def __init__(self, model, model_id: str, timeout_s: float = 120.0):
+    def __init__(self, model, model_id: str, timeout_s: float = 120.0, max_tokens_limit: int = MAX_TOKENS_LIMIT):
         self.model, self.model_id, self.timeout_s = model, model_id, timeout_s
+        self.max_tokens_limit = max_tokens_limit
         self.lock = threading.Lock()
 
+    # -- validation ---------------------------------------------------------------------------------
     def _params(self, body: dict) -> dict[str, Any]:
-        if body.get("stream"):
-            raise ApiError(400, "stream is not supported")
         if body.get("n", 1) != 1:
             raise ApiError(400, "only n = 1 is supported")
         seed = body.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ApiError(400, "'seed' must be an integer")
-        return {"max_new_tokens": int(_number(body, "max_tokens", 16, 1, 4096)),
+        key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+        return {"max_new_tokens": int(_number(body, key, 16, 1, self.max_tokens_limit)),
                 "temperature": float(_number(body, "temperature", 1.0, 0.0, 2.0)), "seed": seed}
 
-    def _generate(self, prompt: str, params: dict) -> Any:
-        if getattr(self.model, "kind", "decoder") != "decoder":
-            raise ApiError(400, f"model {self.model_id} is an encoder: it does not generate text")
-        with self.lock:
-            try:
-                return self.model.generate([prompt], timeout_s=self.timeout_s, **params)[0]
-            except Exception as exc:  # the runtime's refusal (too long, empty prompt...) is the client's answer
-                raise ApiError(400, f"{type(exc).__name__}: {exc}") from None
+    def _job(self, kind: str, prompt: str, body: dict) -> Job:
+        model = body.get("model")
+        if model is not None and model != self.model_id:
+            raise ApiError(404, f"model '{model}' is not served here (this server serves '{self.model_id}')",
+                           "model_not_found")
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool) and stream is not None:
+            raise ApiError(400, "'stream' must be a boolean")
+        options = body.get("stream_options") or {}
+        if not isinstance(options, dict):
+            raise ApiError(400, "'stream_options' must be an object")
+        prefix = "chatcmpl" if kind == "chat" else "cmpl"
+        return Job(kind, prompt, self._params(body), bool(stream), bool(options.get("include_usage")),
+                   f"{prefix}-{uuid.uuid4().hex}")
 
-    def _usage(self, prompt: str, g) -> dict[str, int]:
-        n_prompt = len(self.model.tokenizer.encode(prompt))
-        return {"prompt_tokens": n_prompt, "completion_tokens": len(g.token_ids),
-                "total_tokens": n_prompt + len(g.token_ids)}
-
-    def completions(self, body: dict) -> dict:
+    def completion_job(self, body: dict) -> Job:
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
             prompt = prompt[0]
         if not isinstance(prompt, str):
             raise ApiError(400, "'prompt' must be a string (or a list of one string)")
-        g = self._generate(prompt, self._params(body))
-        return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-                "model": self.model_id,
-                "choices": [{"index": 0, "text": g.text, "finish_reason": FINISH.get(g.finish_reason, g.finish_reason),
-                             "logprobs": None, "token_ids": list(g.token_ids)}],
-                "usage": self._usage(prompt, g)}
+        return self._job("text", prompt, body)
 
-    def chat(self, body: dict) -> dict:
+    def chat_job(self, body: dict) -> Job:
         messages = body.get("messages")
         if not (isinstance(messages, list) and messages and all(
                 isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
                 for m in messages)):
             raise ApiError(400, "'messages' must be a non-empty list of {role, content} strings")
-        params = self._params(body)
+        job = self._job("chat", "", body)
         try:
-            prompt = self.model.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+            job.prompt = self.model.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
         except Exception as exc:
             raise ApiError(400, f"cannot apply the chat template: {exc}") from None
-        g = self._generate(prompt, params)
-        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-                "model": self.model_id,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": g.text},
-                             "finish_reason": FINISH.get(g.finish_reason, g.finish_reason)}],
-                "usage": self._usage(prompt, g)}
+        return job
+
+    # -- generation ---------------------------------------------------------------------------------
+    def _generate(self, job: Job, on_token: Callable[[int, int], None] | None = None) -> Any:
+        if getattr(self.model, "kind", "decoder") != "decoder":
+            raise ApiError(400, f"model {self.model_id} is an encoder: it does not generate text")
+        with self.lock:
+            try:
+                return self.model.generate([job.prompt], timeout_s=self.timeout_s, on_token=on_token,
+                                           **job.params)[0]
+            except ClientGone:
+                raise
+            except Exception as exc:  # the runtime's refusal (too long, empty prompt...) is the client's answer
+                raise ApiError(400, f"{type(exc).__name__}: {exc}") from None
+
+    def _usage(self, g) -> dict[str, int]:
+        n_prompt, n_new = len(g.prompt_ids), len(g.token_ids)
+        return {"prompt_tokens": n_prompt, "completion_tokens": n_new, "total_tokens": n_prompt + n_new}
+
+    def respond(self, job: Job) -> dict:
+        g = self._generate(job)
+        finish = FINISH.get(g.finish_reason, g.finish_reason)
+        if job.kind == "chat":
+            choice = {"index": 0, "message": {"role": "assistant", "content": g.text}, "finish_reason": finish}
+            obj = "chat.completion"
+        else:
+            choice = {"index": 0, "text": g.text, "finish_reason": finish, "logprobs": None,
+                      "token_ids": list(g.token_ids)}
+            obj = "text_completion"
+        return {"id": job.id, "object": obj, "created": job.created, "model": self.model_id,
+                "choices": [choice], "usage": self._usage(g)}
+
+    def stream(self, job: Job, send: Callable[[dict], None]) -> None:
+        """Generates `job`, calling send(chunk) for each text delta, then the finish chunk (and usage)."""
+        obj = "chat.completion.chunk" if job.kind == "chat" else "text_completion"
+
+        def chunk(text: str | None, finish: str | None, first: bool = False) -> dict:
+            if job.kind == "chat":
+                delta: dict[str, str] = {"role": "assistant", "content": ""} if first else {}
+                if text:
+                    delta["content"] = text
+                choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+            else:
+                choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+            return {"id": job.id, "object": obj, "created": job.created, "model": self.model_id,
+                    "choices": [choice]}
+
+        tokens: list[int] = []
+        sent = [""]
+        tokenizer = self.model.tokenizer
+
+        def emit_upto(text: str) -> None:
+            # a partial UTF-8 sequence decodes to U+FFFD: hold it back until its remaining bytes arrive
+            if text.endswith("\ufffd") or not text.startswith(sent[0]) or text == sent[0]:
+                return
+            send(chunk(text[len(sent[0]):], None))
+            sent[0] = text
+
+        def on_token(_row: int, token: int) -> None:
+            if not tokens and job.kind == "chat":
+                send(chunk(None, None, first=True))
+            tokens.append(token)
+            emit_upto(tokenizer.decode(tokens))
+
+        g = self._generate(job, on_token)
+        if g.text.startswith(sent[0]) and g.text != sent[0]:
+            send(chunk(g.text[len(sent[0]):], None))
+        send(chunk(None, FINISH.get(g.finish_reason, g.finish_reason)))
+        if job.include_usage:
+            send({"id": job.id, "object": obj, "created": job.created, "model": self.model_id,
+                  "choices": [], "usage": self._usage(g)})
 
     def models(self) -> dict:
-        return {"object": "list", "data": [{"id": self.model_id, "object": "model", "created": 0, "owned_by": "apr-qa"}]}
+        return {"object": "list",
+                "data": [{"id": self.model_id, "object": "model", "created": 0, "owned_by": "apr-qa"}]}
 
 
-def make_server(engine: Engine, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128    # bursts of concurrent clients wait in the backlog rather than retrying SYNs
+
+
+def make_server(engine: Engine, host: str = "127.0.0.1", port: int = 0, *, max_body_bytes: int = MAX_BODY_BYTES,
+                socket_timeout_s: float = SOCKET_TIMEOUT_S) -> ThreadingHTTPServer:
     routes_get = {"/health": lambda: {"status": "ok", "model": engine.model_id}, "/v1/models": engine.models}
-    routes_post = {"/v1/completions": engine.completions, "/v1/chat/completions": engine.chat}
+    routes_post = {"/v1/completions": engine.completion_job, "/v1/chat/completions": engine.chat_job}
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = socket_timeout_s   # StreamRequestHandler puts it on the socket: every read and write
 
         def _send(self, status: int, payload: dict) -> None:
             data = json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(data)
 
         def _error(self, exc: ApiError) -> None:
-            self._send(exc.status, {"error": {"message": str(exc), "type": exc.kind, "code": exc.status}})
+            self._send(exc.status, exc.body())
 
         def do_GET(self) -> None:  # noqa: N802 - http.server API
             route = routes_get.get(self.path.split("?")[0])
@@ -125,38 +230,97 @@ def make_server(engine: Engine, host: str = "127.0.0.1", port: int = 0) -> Threa
                 return self._error(ApiError(404, f"no route GET {self.path}", "not_found"))
             self._send(200, route())
 
+        def _read_body(self) -> dict:
+            if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+                self.close_connection = True
+                raise ApiError(411, "a Content-Length is required (chunked request bodies are not accepted)")
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if length < 0:
+                self.close_connection = True
+                raise ApiError(400, "Content-Length is not a non-negative integer")
+            if length > max_body_bytes:
+                self.close_connection = True   # the unread body must not be parsed as the next request
+                raise ApiError(413, f"request body of {length} bytes is over the limit of {max_body_bytes}")
+            raw = self.rfile.read(length)
+            if len(raw) < length:
+                self.close_connection = True
+                raise ApiError(400, f"request body ended after {len(raw)} of {length} bytes")
+            try:
+                body = json.loads(raw or b"null")
+            except ValueError as exc:
+                raise ApiError(400, f"body is not JSON: {exc}") from None
+            if not isinstance(body, dict):
+                raise ApiError(400, "body must be a JSON object")
+            return body
+
         def do_POST(self) -> None:  # noqa: N802
             route = routes_post.get(self.path.split("?")[0])
-            length = int(self.headers.get("Content-Length") or 0)
             try:
                 if route is None:
+                    self.close_connection = True
                     raise ApiError(404, f"no route POST {self.path}", "not_found")
-                if length > MAX_BODY:
-                    raise ApiError(413, f"request body over {MAX_BODY} bytes")
-                try:
-                    body = json.loads(self.rfile.read(length) or b"null")
-                except ValueError as exc:
-                    raise ApiError(400, f"body is not JSON: {exc}") from None
-                if not isinstance(body, dict):
-                    raise ApiError(400, "body must be a JSON object")
-                self._send(200, route(body))
+                job = route(self._read_body())
+                if job.stream:
+                    self._stream(job)
+                else:
+                    self._send(200, engine.respond(job))
             except ApiError as exc:
                 self._error(exc)
+            except TimeoutError:   # the client sent part of the body, then stalled
+                self.close_connection = True
+                self.log_message("request timed out after %ss", socket_timeout_s)
+            except ClientGone:
+                self.close_connection = True
+
+        def _stream(self, job: Job) -> None:
+            started = [False]
+
+            def write(data: bytes) -> None:
+                try:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                    self.wfile.flush()
+                except OSError as exc:   # broken pipe, reset, or a write stalled past the socket timeout
+                    raise ClientGone(str(exc)) from None
+
+            def send(chunk: dict) -> None:
+                if not started[0]:   # headers wait for the first chunk, so a refusal is still a JSON 400
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream")
+                    self.send_header("Cache-Control", "no-cache")
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    started[0] = True
+                write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+
+            try:
+                engine.stream(job, send)
+            except ApiError as exc:
+                if not started[0]:
+                    raise
+                write(b"data: " + json.dumps(exc.body()).encode() + b"\n\n")
+            write(b"data: [DONE]\n\n")
+            write(b"")   # the last chunk of a chunked body
 
         def log_message(self, fmt: str, *args) -> None:
             sys.stderr.write(f"apr-qa serve: {self.address_string()} {fmt % args}\n")
 
-    return ThreadingHTTPServer((host, port), Handler)
+    return Server((host, port), Handler)
 
 
 def serve(model_path: str, host: str = "127.0.0.1", port: int = 0, device: str = "cpu",
-          timeout_s: float = 120.0) -> int:
+          timeout_s: float = 120.0, weights: str = "packed", model_id: str | None = None,
+          max_tokens_limit: int = MAX_TOKENS_LIMIT, max_body_bytes: int = MAX_BODY_BYTES,
+          socket_timeout_s: float = SOCKET_TIMEOUT_S) -> int:
     from ..runtime import load_model
 
-    model = load_model(model_path, device=device)
-    server = make_server(Engine(model, str(model_path), timeout_s), host, port)
+    model = load_model(model_path, device=device, weights=weights)
+    engine = Engine(model, model_id or default_model_id(model_path), timeout_s, max_tokens_limit)
+    server = make_server(engine, host, port, max_body_bytes=max_body_bytes, socket_timeout_s=socket_timeout_s)
     h, p = server.server_address[:2]
-    sys.stdout.write(json.dumps({"event": "listening", "url": f"http://{h}:{p}"}) + "\n")
+    sys.stdout.write(json.dumps({"event": "listening", "url": f"http://{h}:{p}", "model": engine.model_id}) + "\n")
     sys.stdout.flush()
     try:
         server.serve_forever()
