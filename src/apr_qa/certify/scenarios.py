@@ -372,7 +372,7 @@ def child_main() -> int:
     try:
         from ..runtime import load_model
 
-        model = load_model(job["model"], device=job["backend"])
+        model = load_model(job["model"], device=job["backend"], weights=job.get("weights", "packed"))
     except Exception as exc:  # noqa: BLE001 - any load error is this scenario's finding
         _emit({"event": "load_error", "error": f"{type(exc).__name__}: {exc}"})
         return 1

@@ -67,6 +67,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed on stdout)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--timeout", type=float, default=120.0, help="per-request generation timeout, seconds")
+    p.add_argument("--weights", choices=["packed", "dequantized"], default="packed",
+                   help="quantized variants: run from their blocks (default) or dequantized at load")
+    p.add_argument("--model-id", help="the model name clients see and send (default: the file or folder name)")
+    p.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask for")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413")
+    p.add_argument("--socket-timeout", type=float, default=15.0,
+                   help="seconds a connection may stall on one read or write before it is closed")
     p.set_defaults(func=cmd_serve)
 
 
@@ -205,4 +212,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from ..certify.serve import serve
 
-    return serve(str(args.model), args.host, args.port, args.device, args.timeout)
+    return serve(str(args.model), args.host, args.port, args.device, args.timeout, args.weights,
+                 model_id=args.model_id, max_tokens_limit=args.max_tokens_limit,
+                 max_body_bytes=args.max_body_bytes, socket_timeout_s=args.socket_timeout)

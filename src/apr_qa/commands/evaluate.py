@@ -20,6 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                    help="compute dtype of the evaluated model (the reference always runs float32)")
+    p.add_argument("--weights", choices=["packed", "dequantized"], default="packed",
+                   help="quantized variants: 'packed' (default) runs Q8_0/Q4_0/Q4_K/Q6_K matrices from their blocks, "
+                        "as a user would; 'dequantized' turns them into floats at load (the reference is always "
+                        "dequantized)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="tokens per sampled run (default 32)")
     p.add_argument("--greedy-tokens", type=int, default=32,
@@ -50,7 +54,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                        timeout_s=args.timeout, min_cosine=args.min_cosine)
     started, t0 = utc_now(), time.perf_counter()
-    ev = evaluate(args.model, args.reference, golden, opts, device=args.device, dtype=args.dtype)
+    ev = evaluate(args.model, args.reference, golden, opts, device=args.device, dtype=args.dtype,
+                  weights=args.weights)
     report = build_report(ev, golden, opts, args.device, started, utc_now(), time.perf_counter() - t0)
     write_report(args.json, report)
     for line in summary_lines(report, ev.gates):

@@ -19,7 +19,14 @@ def _model_options(parser: argparse.ArgumentParser, max_new_tokens: int) -> None
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    _weights_option(parser)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def _weights_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", default="packed", choices=["packed", "dequantized"],
+                        help="quantized variants: 'packed' (default) multiplies Q8_0/Q4_0/Q4_K/Q6_K matrices straight "
+                             "from their blocks; 'dequantized' turns them into --dtype floats at load")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     embed.add_argument("--normalize", action="store_true", help="L2-normalize each vector")
     embed.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     embed.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    _weights_option(embed)
     embed.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     embed.set_defaults(func=cmd_embed)
 
@@ -59,7 +67,7 @@ def _load(args):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    return load_model(args.model, device=args.device, dtype=args.dtype)
+    return load_model(args.model, device=args.device, dtype=args.dtype, weights=args.weights)
 
 
 def _sampling(args) -> dict:

@@ -44,7 +44,9 @@ def run_oracle(source: str | Path, texts: list[str]) -> dict[str, Any]:
         return {**base, "status": "not-run", "passed": None, "reason": "transformers is not installed"}
     import transformers
 
-    ours = load_model(source, dtype=torch.float32)
+    # packed blocks multiply in float32 with exact weight values (runtime.packed), as transformers'
+    # dequantized GGUF tensors do: only the summation order differs
+    ours = load_model(source, dtype=torch.float32, weights="packed")
     reference = _reference_model(source, ours.kind)
     limit = getattr(ours, "max_positions", None)
     encoded = [(t, ours.tokenizer.encode(t)) for t in texts]

@@ -92,9 +92,13 @@ def _require_finite(tensors, what: str) -> None:
 
 
 def evaluate(model_path: str | Path, reference_path: str | Path, golden: GoldenSet,
-             opts: protocol.EvalOptions, device: str = "cpu", dtype: str | torch.dtype = torch.float32) -> Evaluation:
+             opts: protocol.EvalOptions, device: str = "cpu", dtype: str | torch.dtype = torch.float32,
+             weights: str = "packed") -> Evaluation:
+    """`weights` is how the model's quantized matrices run (runtime.load_model); the reference runs
+    dequantized at float32, the exact values of its weights."""
     from ..runtime import load_model
     from ..runtime.device import resolve_device
+    from ..runtime.packed import resident_bytes
 
     if opts.runs < 1:
         raise AprQaError(f"--runs must be at least 1, got {opts.runs}")
@@ -105,7 +109,8 @@ def evaluate(model_path: str | Path, reference_path: str | Path, golden: GoldenS
 
     memory = PeakMemory(dev)
     with memory:
-        model = load_model(model_path, device=dev, dtype=dtype)
+        model = load_model(model_path, device=dev, dtype=dtype, weights=weights)
+        weight_bytes = resident_bytes(model)
         kind = model.kind
         runtime_dtype = str(model.dtype).removeprefix("torch.")
         try:
@@ -120,6 +125,8 @@ def evaluate(model_path: str | Path, reference_path: str | Path, golden: GoldenS
     _free(model)
     model_info["kind"] = kind
     model_info["runtime_dtype"] = runtime_dtype
+    model_info["weights"] = weights
+    model_info["resident_weight_bytes"] = weight_bytes
     model_info["hidden_size"] = model_config.get("hidden_size")
 
     ev = Evaluation("generation" if kind == "decoder" else "embedding", model_info, reference_info)
@@ -130,7 +137,7 @@ def evaluate(model_path: str | Path, reference_path: str | Path, golden: GoldenS
         ev.gates = [gates.gate_t1(0, len(golden.prompts) * opts.runs, error), t3]
         return ev
 
-    reference = load_model(reference_path, device=dev, dtype=torch.float32)
+    reference = load_model(reference_path, device=dev, dtype=torch.float32, weights="dequantized")
     try:
         if reference.kind != kind:
             raise AprQaError(f"reference is an {reference.kind}, the model an {kind}", reference_path)

@@ -21,6 +21,7 @@ from .activations import ACTIVATIONS
 from .generate import generate, left_pad
 from .kv_cache import KVCache
 from .norms import Norm, apply_norm
+from .packed import embedding, linear
 from .rope import Rotary, apply_rotary
 from .tokenizer import Tokenizer
 from .weights import linear_layout
@@ -29,23 +30,24 @@ from .weights import linear_layout
 @dataclass
 class DecoderLayer:
     attn_norm: Norm
-    qkv: torch.Tensor                 # rows: q (heads * head_dim), k, v (kv_heads * head_dim each)
+    qkv: Any                          # rows: q (heads * head_dim), k, v (kv_heads * head_dim each);
+                                      # linear weights are tensors or packed blocks (runtime.packed)
     qkv_bias: torch.Tensor | None
-    o: torch.Tensor
+    o: Any
     o_bias: torch.Tensor | None
     mlp_norm: Norm | None             # None: the MLP reads attn_norm's output (parallel residual)
-    up: torch.Tensor                  # gated: gate rows then up rows
+    up: Any                           # gated: gate rows then up rows
     up_bias: torch.Tensor | None
-    down: torch.Tensor
+    down: Any
     down_bias: torch.Tensor | None
 
 
 @dataclass
 class DecoderWeights:
-    embed: torch.Tensor               # [vocab, hidden]
+    embed: Any                        # [vocab, hidden]
     layers: list[DecoderLayer]
     final_norm: Norm
-    lm_head: torch.Tensor             # [vocab, hidden] (the embedding itself when tied)
+    lm_head: Any                      # [vocab, hidden] (the embedding itself when tied)
     lm_head_bias: torch.Tensor | None = None
     positions: torch.Tensor | None = None      # learned position embeddings [max_positions, hidden]
     alibi_slopes: torch.Tensor | None = None   # [heads], for positions == "alibi"
@@ -86,15 +88,18 @@ class DecoderModel:
         if hp.rope_scaling.get("rope_type") == "dynamic":  # NTK scaling exists to run past the trained length
             self.max_positions = int(hp.max_positions * float(hp.rope_scaling["factor"]))
         self.act = ACTIVATIONS[hp.activation]
-        self.embed = weights.embed
         self.positions = weights.positions
         self.layers = weights.layers
         for layer in self.layers:
-            layer.qkv, layer.o = linear_layout(layer.qkv), linear_layout(layer.o)
-            layer.up, layer.down = linear_layout(layer.up), linear_layout(layer.down)
+            layer.qkv, layer.o = linear_layout(layer.qkv, device), linear_layout(layer.o, device)
+            layer.up, layer.down = linear_layout(layer.up, device), linear_layout(layer.down, device)
         self.final_norm = weights.final_norm
-        # tied: the lookup wants rows of the embedding, the head wants the matmul layout (a copy at fp32)
-        self.lm_head, self.lm_head_bias = linear_layout(weights.lm_head), weights.lm_head_bias
+        # tied: the lookup wants rows of the embedding, the head wants the matmul layout (a copy at
+        # fp32 for MKL); a kernel object (packed blocks, FloatLinear) serves the lookup too, so the
+        # matrix is resident once
+        tied = weights.lm_head is weights.embed
+        self.lm_head, self.lm_head_bias = linear_layout(weights.lm_head, device), weights.lm_head_bias
+        self.embed = self.lm_head if tied and not isinstance(self.lm_head, torch.Tensor) else weights.embed
         self.windows = list(hp.sliding_windows) or [None] * hp.num_layers
         rope = {"rope_type": "default", **hp.rope_scaling, "rope_theta": hp.rope_theta}
         self.rotary = Rotary(rope, hp.rotary_dims, hp.max_positions, device, dtype) if hp.positions == "rope" else None
@@ -122,54 +127,71 @@ class DecoderModel:
             allowed = (torch.arange(total, device=self.device)[None, :] <= q_slot)[None, None]
         return bias.masked_fill(~allowed, float("-inf"))
 
+    def _static_mask(self, key_valid: torch.Tensor, slot: torch.Tensor, window: int | None) -> torch.Tensor:
+        """One query at cache slot `slot` (a device tensor) over every slot of the cache: [B, 1, 1, S]."""
+        k_slot = torch.arange(key_valid.shape[1], device=key_valid.device)
+        allowed = key_valid & (k_slot <= slot)
+        if window is not None:
+            allowed = allowed & (slot - k_slot < window)
+        return allowed[:, None, None, :]
+
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, key_valid: torch.Tensor | None,
-                cache: KVCache | None = None, start: int = 0) -> torch.Tensor:
+                cache: KVCache | None = None, start: int = 0, slot: torch.Tensor | None = None) -> torch.Tensor:
         """ids, positions [B, T]; key_valid [B, start+T] bool (None = no padding). Returns the final
-        normed hidden states [B, T, hidden]. With a cache, keys/values land at slots start..start+T."""
+        normed hidden states [B, T, hidden]. With a cache, keys/values land at slots start..start+T.
+
+        Static shapes (runtime.static_decode): one token (T = 1) goes to cache slot `slot`, a device
+        tensor, and attends over the whole cache through key_valid [B, cache length]; no step depends
+        on a Python value, so a step can be captured as a CUDA graph and replayed."""
         batch, length = ids.shape
         heads, kv_heads, dim = self.num_heads, self.num_kv_heads, self.head_dim
-        x = F.embedding(ids, self.embed)
+        x = embedding(ids, self.embed)
         if self.positions is not None:
             x = x + F.embedding(positions, self.positions)
         cos_sin = self.rotary.cos_sin(positions) if self.rotary is not None else None
-        masks = {window: attention_mask(key_valid, start, length, window) for window in set(self.windows)}
+        if slot is not None:
+            masks = {window: self._static_mask(key_valid, slot, window) for window in set(self.windows)}
+        else:
+            masks = {window: attention_mask(key_valid, start, length, window) for window in set(self.windows)}
         if self.alibi_slopes is not None:
             masks = {w: self._alibi_mask(m, key_valid, batch, start, length) for w, m in masks.items()}
         for i, layer in enumerate(self.layers):
             mask = masks[self.windows[i]]
             h = self._norm(x, layer.attn_norm)
-            qkv = F.linear(h, layer.qkv, layer.qkv_bias)
+            qkv = linear(h, layer.qkv, layer.qkv_bias)
             qk = qkv[..., : (heads + kv_heads) * dim].unflatten(-1, (heads + kv_heads, dim))
             if cos_sin is not None:
                 qk = apply_rotary(qk, *cos_sin)
             q = qk[:, :, :heads].transpose(1, 2)
             k = qk[:, :, heads:].transpose(1, 2)
             v = qkv[..., (heads + kv_heads) * dim:].unflatten(-1, (kv_heads, dim)).transpose(1, 2)
-            if cache is not None:
+            if slot is not None:
+                k, v = cache.store_at(i, slot, k, v)
+            elif cache is not None:
                 k, v = cache.store(i, start, k, v)
             attn = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=mask is None and length > 1,
                 scale=self.scale, enable_gqa=heads != kv_heads)
-            attn = F.linear(attn.transpose(1, 2).reshape(batch, length, heads * dim), layer.o, layer.o_bias)
+            attn = linear(attn.transpose(1, 2).reshape(batch, length, heads * dim), layer.o, layer.o_bias)
             if self.hp.parallel_residual:
                 mlp_in = h if layer.mlp_norm is None else self._norm(x, layer.mlp_norm)
                 x = x + (self._mlp(layer, mlp_in) + attn)
             else:
                 x = x + attn
                 x = x + self._mlp(layer, self._norm(x, layer.mlp_norm))
-        if cache is not None:
+        if cache is not None and slot is None:
             cache.length = start + length
         return self._norm(x, self.final_norm)
 
     def _mlp(self, layer: DecoderLayer, x: torch.Tensor) -> torch.Tensor:
-        up = F.linear(x, layer.up, layer.up_bias)
+        up = linear(x, layer.up, layer.up_bias)
         if self.hp.gated_mlp:
             gate, up = up.chunk(2, dim=-1)
-            return F.linear(self.act(gate) * up, layer.down, layer.down_bias)
-        return F.linear(self.act(up), layer.down, layer.down_bias)
+            return linear(self.act(gate) * up, layer.down, layer.down_bias)
+        return linear(self.act(up), layer.down, layer.down_bias)
 
     def project(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden, self.lm_head, self.lm_head_bias)
+        return linear(hidden, self.lm_head, self.lm_head_bias)
 
     @torch.inference_mode()
     def logits(self, batch: list[list[int]]) -> list[torch.Tensor]:

@@ -18,6 +18,7 @@ from ..arch.base import Hyperparams
 from ..errors import AprQaError, UnsupportedError
 from .activations import ACTIVATIONS
 from .norms import Norm, apply_norm
+from .packed import embedding, linear, prepare_linear
 from .tokenizer import Tokenizer
 
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
@@ -25,26 +26,26 @@ POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
 
 @dataclass
 class EncoderLayer:
-    qkv: torch.Tensor                # rows: q, k, v (hidden each)
+    qkv: Any                         # rows: q, k, v (hidden each); linear weights: tensors or packed blocks
     qkv_bias: torch.Tensor
-    out: torch.Tensor
+    out: Any
     out_bias: torch.Tensor
     attn_norm: Norm
-    inter: torch.Tensor
+    inter: Any
     inter_bias: torch.Tensor
-    down: torch.Tensor
+    down: Any
     down_bias: torch.Tensor
     out_norm: Norm
 
 
 @dataclass
 class EncoderWeights:
-    word: torch.Tensor
+    word: Any                        # tensor or packed blocks (rows read on lookup)
     position: torch.Tensor
     embed_norm: Norm
     layers: list[EncoderLayer]
     token_type: torch.Tensor | None = None
-    projection: tuple[torch.Tensor, torch.Tensor] | None = None  # embedding size -> hidden (ALBERT)
+    projection: tuple[Any, torch.Tensor] | None = None  # embedding size -> hidden (ALBERT)
 
 
 def pool(hidden: torch.Tensor, valid: torch.Tensor, mode: str) -> torch.Tensor:
@@ -85,17 +86,33 @@ class EncoderModel:
         self.num_heads, self.vocab_size, self.max_positions = hp.num_heads, hp.vocab_size, hp.max_positions
         self.w = weights
         self.pooling = pooling
+        self._prepare_linears(device)
+
+    def _prepare_linears(self, device: torch.device) -> None:
+        """Packed blocks -> their kernel objects; layers shared between steps (ALBERT) stay shared."""
+        done: dict[int, Any] = {}
+
+        def prepared(weight: Any) -> Any:
+            if id(weight) not in done:
+                done[id(weight)] = prepare_linear(weight, device)
+            return done[id(weight)]
+
+        for layer in self.w.layers:
+            layer.qkv, layer.out = prepared(layer.qkv), prepared(layer.out)
+            layer.inter, layer.down = prepared(layer.inter), prepared(layer.down)
+        if self.w.projection is not None:
+            self.w.projection = (prepared(self.w.projection[0]), self.w.projection[1])
 
     def _norm(self, x: torch.Tensor, norm: Norm) -> torch.Tensor:
         return apply_norm(self.hp.norm, x, norm, self.hp.norm_eps)
 
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
         w = self.w
-        x = F.embedding(ids, w.word) + w.position[: ids.shape[1]]
+        x = embedding(ids, w.word) + w.position[: ids.shape[1]]
         if w.token_type is not None:
             x = x + w.token_type[0]
         x = self._norm(x, w.embed_norm)
-        return F.linear(x, *w.projection) if w.projection is not None else x
+        return linear(x, *w.projection) if w.projection is not None else x
 
     def _encode(self, batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded forward -> hidden [B, T, hidden], valid [B, T] bool."""
@@ -114,11 +131,11 @@ class EncoderModel:
         mask = None if bool(valid.all()) else valid[:, None, None, :]
         heads = self.num_heads
         for layer in self.w.layers:
-            q, k, v = F.linear(x, layer.qkv, layer.qkv_bias).unflatten(-1, (3 * heads, -1)).transpose(1, 2).chunk(3, 1)
+            q, k, v = linear(x, layer.qkv, layer.qkv_bias).unflatten(-1, (3 * heads, -1)).transpose(1, 2).chunk(3, 1)
             attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            attn = F.linear(attn.transpose(1, 2).flatten(-2), layer.out, layer.out_bias)
+            attn = linear(attn.transpose(1, 2).flatten(-2), layer.out, layer.out_bias)
             x = self._norm(x + attn, layer.attn_norm)
-            ff = F.linear(self.act(F.linear(x, layer.inter, layer.inter_bias)), layer.down, layer.down_bias)
+            ff = linear(self.act(linear(x, layer.inter, layer.inter_bias)), layer.down, layer.down_bias)
             x = self._norm(x + ff, layer.out_norm)
         return x, valid
 

@@ -40,7 +40,10 @@ def left_pad(batch: list[list[int]], pad_id: int, device: torch.device):
 @torch.inference_mode()
 def generate(model, prompts: list[str] | list[list[int]], max_new_tokens: int = 32, *,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-             stop_on_eos: bool = True, timeout_s: float | None = None) -> list[Generation]:
+             stop_on_eos: bool = True, timeout_s: float | None = None,
+             static_steps: bool | None = None, on_token=None) -> list[Generation]:
+    """static_steps: decode with fixed-shape steps (runtime.static_decode: CUDA graphs on CUDA);
+    None = on CUDA only. on_token(row, token_id): called as each new token is recorded (streaming)."""
     tok = model.tokenizer
     prompt_ids = [tok.encode(p) if isinstance(p, str) else list(p) for p in prompts]
     for seq in prompt_ids:
@@ -65,17 +68,25 @@ def generate(model, prompts: list[str] | list[list[int]], max_new_tokens: int = 
     hidden = model.forward(ids, positions, valid[:, :width] if padded else None, cache, 0)
     last_hidden = hidden[:, -1]
     next_pos = positions[:, -1:] + 1
+    static = None
+    if static_steps or (static_steps is None and device.type == "cuda"):
+        from .static_decode import StaticStep
+
+        static = StaticStep(model, cache, valid)
+    next_logits = None
 
     new_tokens: list[list[int]] = [[] for _ in range(batch)]
     reasons: list[str | None] = [None] * batch
     finished_at: list[float | None] = [None] * batch
     first_token_at = None
     for step in range(max_new_tokens):
-        logits = model.project(last_hidden).float().cpu()
+        logits = (model.project(last_hidden) if next_logits is None else next_logits).float().cpu()
         chosen = choose(logits, temperature, top_k, top_p, generator).tolist()
         for row, token in enumerate(chosen):
             if reasons[row] is None:
                 new_tokens[row].append(token)
+                if on_token is not None:
+                    on_token(row, token)
                 if token in eos:
                     reasons[row] = "eos"
                     finished_at[row] = time.perf_counter()
@@ -90,8 +101,11 @@ def generate(model, prompts: list[str] | list[list[int]], max_new_tokens: int = 
         step_ids = torch.tensor([[t if reasons[r] is None else tok.pad_id] for r, t in enumerate(chosen)],
                                 device=device)
         slot = width + step
-        hidden = model.forward(step_ids, next_pos, valid[:, : slot + 1] if padded else None, cache, slot)
-        last_hidden = hidden[:, -1]
+        if static is not None:
+            next_logits = static(step_ids, next_pos, slot)
+        else:
+            hidden = model.forward(step_ids, next_pos, valid[:, : slot + 1] if padded else None, cache, slot)
+            last_hidden = hidden[:, -1]
         next_pos = next_pos + 1
     end = now(device)
 

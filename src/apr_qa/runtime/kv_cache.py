@@ -24,3 +24,11 @@ class KVCache:
         self.keys[layer][:, :, start:end].copy_(k)
         self.values[layer][:, :, start:end].copy_(v)
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def store_at(self, layer: int, slot: torch.Tensor, k: torch.Tensor,
+                 v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write one step's k, v ([B, kv_heads, 1, head_dim]) at cache slot `slot` (a one-element
+        device tensor) and return the whole buffers: fixed shapes, for static decoding."""
+        self.keys[layer].index_copy_(2, slot, k)
+        self.values[layer].index_copy_(2, slot, v)
+        return self.keys[layer], self.values[layer]

@@ -23,9 +23,10 @@ from ..arch.base import Hyperparams
 from ..errors import AprQaError, UnsupportedError
 from .encoder import EncoderModel
 from .norms import Norm, apply_norm
+from .packed import embedding, linear, prepare_linear
 from .tokenizer import Tokenizer
 
-Linear = tuple[torch.Tensor, torch.Tensor]  # (weight [out, in], bias [out])
+Linear = tuple[Any, torch.Tensor]  # (weight [out, in]: a tensor or packed blocks, bias [out])
 
 # transformers builds these two LayerNorms without passing config.layer_norm_eps (NoNorm ignores eps)
 TORCH_LAYER_NORM_EPS = 1e-5
@@ -62,7 +63,7 @@ class MobileBertLayer:
 
 @dataclass
 class MobileBertWeights:
-    word: torch.Tensor
+    word: Any
     position: torch.Tensor
     token_type: torch.Tensor
     embed_norm: Norm
@@ -78,12 +79,30 @@ class MobileBertModel(EncoderModel):
         super().__init__(hp, weights, tokenizer, config, device, dtype, pooling)  # type: ignore[arg-type]
         self.w: MobileBertWeights = weights
 
+    def _prepare_linears(self, device: torch.device) -> None:
+        def prepared(lin: Linear | None) -> Linear | None:
+            return None if lin is None else (prepare_linear(lin[0], device), lin[1])
+
+        def bottleneck(b: Bottleneck | None) -> Bottleneck | None:
+            return None if b is None else Bottleneck(prepared(b.dense), b.norm)
+
+        w = self.w
+        w.transformation = prepared(w.transformation)
+        for layer in w.layers:
+            layer.query, layer.key, layer.value = prepared(layer.query), prepared(layer.key), prepared(layer.value)
+            layer.attn_out = prepared(layer.attn_out)
+            layer.inter, layer.out = prepared(layer.inter), prepared(layer.out)
+            layer.ffns = [FeedForward(prepared(f.inter), prepared(f.out), f.norm) for f in layer.ffns]
+            layer.input_bottleneck = bottleneck(layer.input_bottleneck)
+            layer.attention_bottleneck = bottleneck(layer.attention_bottleneck)
+            layer.output_bottleneck = bottleneck(layer.output_bottleneck)
+
     def _norm_eps(self, x: torch.Tensor, norm: Norm, eps: float) -> torch.Tensor:
         return apply_norm(self.hp.norm, x, norm, eps)
 
     def _embed_tokens(self, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         w = self.w
-        x = F.embedding(ids, w.word)
+        x = embedding(ids, w.word)
         if w.trigram:
             # [next token, token, previous token]; zero past either end of the sequence. A padded
             # position is not a neighbour, so a sequence embeds the same alone or in a padded batch.
@@ -91,12 +110,12 @@ class MobileBertModel(EncoderModel):
             prv = F.pad(x[:, :-1], (0, 0, 1, 0))
             x = torch.cat([nxt, x, prv], dim=-1)
         if w.transformation is not None:
-            x = F.linear(x, *w.transformation)
+            x = linear(x, *w.transformation)
         x = x + w.position[: ids.shape[1]] + w.token_type[0]
         return self._norm_eps(x, w.embed_norm, TORCH_LAYER_NORM_EPS)
 
     def _bottleneck(self, x: torch.Tensor, b: Bottleneck) -> torch.Tensor:
-        return self._norm(F.linear(x, *b.dense), b.norm)
+        return self._norm(linear(x, *b.dense), b.norm)
 
     def _layer(self, h: torch.Tensor, layer: MobileBertLayer, mask: torch.Tensor | None) -> torch.Tensor:
         if layer.input_bottleneck is not None:
@@ -111,16 +130,16 @@ class MobileBertModel(EncoderModel):
         else:
             q_in = k_in = v_in = layer_input = h
         heads = self.num_heads
-        q, k, v = (F.linear(t, *lin).unflatten(-1, (heads, -1)).transpose(1, 2)
+        q, k, v = (linear(t, *lin).unflatten(-1, (heads, -1)).transpose(1, 2)
                    for t, lin in ((q_in, layer.query), (k_in, layer.key), (v_in, layer.value)))
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).flatten(-2)
-        x = self._norm(F.linear(attn, *layer.attn_out) + layer_input, layer.attn_norm)
+        x = self._norm(linear(attn, *layer.attn_out) + layer_input, layer.attn_norm)
         for ffn in layer.ffns:
-            x = self._norm(F.linear(self.act(F.linear(x, *ffn.inter)), *ffn.out) + x, ffn.norm)
-        y = F.linear(self.act(F.linear(x, *layer.inter)), *layer.out)
+            x = self._norm(linear(self.act(linear(x, *ffn.inter)), *ffn.out) + x, ffn.norm)
+        y = linear(self.act(linear(x, *layer.inter)), *layer.out)
         y = self._norm_eps(y + x, layer.out_norm, TORCH_LAYER_NORM_EPS)
         if layer.output_bottleneck is not None:
-            y = self._norm(F.linear(y, *layer.output_bottleneck.dense) + h, layer.output_bottleneck.norm)
+            y = self._norm(linear(y, *layer.output_bottleneck.dense) + h, layer.output_bottleneck.norm)
         return y
 
     def _encode(self, batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
