@@ -47,8 +47,10 @@ def generate(model, prompts: list[str] | list[list[int]], max_new_tokens: int = 
     tok = model.tokenizer
     prompt_ids = [tok.encode(p) if isinstance(p, str) else list(p) for p in prompts]
     for seq in prompt_ids:
-        if seq and not all(0 <= t < model.vocab_size for t in seq):
-            raise AprQaError(f"token id outside the vocabulary (0..{model.vocab_size - 1})")
+        if bad := [t for t in seq if not 0 <= t < model.vocab_size]:
+            # from text, the model's own tokenizer produced it: name the model's file
+            raise AprQaError(f"token id {bad[0]} outside the model's vocabulary (0..{model.vocab_size - 1})",
+                             tok.path)
     total_len = max(map(len, prompt_ids), default=0) + max_new_tokens
     if total_len > model.max_positions:
         raise UnsupportedError(f"prompt plus {max_new_tokens} new tokens needs {total_len} positions, "
