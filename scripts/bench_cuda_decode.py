@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--packed", action="store_true")
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/apr-qa-cuda-bench"))
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "apr-qa-cuda-bench")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device: the CUDA decode figures are unmeasured")

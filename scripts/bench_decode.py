@@ -32,6 +32,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -236,7 +237,7 @@ def main() -> int:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/apr-qa-bench"))
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "apr-qa-bench")
     parser.add_argument("--engines", default="fp32,bf16,q4_0,q8_0")
     parser.add_argument("--numerics", action="store_true", help="also compare logits with llama.cpp's")
     parser.add_argument("--torch-int4", action="store_true",

@@ -3,9 +3,9 @@
 Runs in a throwaway venv that has llama-cpp-python (which bundles libggml), not in the project
 venv:
 
-    python3 -m venv /work/llamacpp-venv
-    CMAKE_ARGS="-DGGML_NATIVE=OFF" /work/llamacpp-venv/bin/pip install llama-cpp-python numpy
-    /work/llamacpp-venv/bin/python scripts/make_q4k_golden.py [--lib path/to/libggml-base.so]
+    python3 -m venv .venv-llamacpp
+    CMAKE_ARGS="-DGGML_NATIVE=OFF" .venv-llamacpp/bin/pip install llama-cpp-python numpy
+    .venv-llamacpp/bin/python scripts/make_q4k_golden.py [--lib path/to/libggml-base.so]
 
 It calls `ggml_quantize_chunk` (the function llama.cpp's model quantizer calls for every tensor;
 without an importance matrix it runs the `quantize_row_*_ref` reference code) through ctypes on a

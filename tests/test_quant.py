@@ -13,6 +13,7 @@ from gguf import GGMLQuantizationType as GT
 from gguf import quants as gq
 
 from apr_qa.dtypes import DType
+from apr_qa import native_build
 from apr_qa.errors import FormatError
 from apr_qa.quant import THREADS_ENV, dequantize, native, q4_0, q4_k, q6_k, quantize
 
@@ -306,7 +307,7 @@ def test_generic_build_matches_recorded_llamacpp_bytes(tmp_path):
     # target runs 4 lanes per vector, a different code path through the same source.
     _compiled_or_skip()
     path = tmp_path / "generic.so"
-    subprocess.run([native._compiler(), *native.FLAGS, "-o", str(path), str(native.SOURCE), "-lm"], check=True)
+    subprocess.run([native_build.compiler(), *native.FLAGS, "-o", str(path), str(native.SOURCE), "-lm"], check=True)
     lib = native._bind(path)
     with np.load(GOLDEN) as golden:
         for dtype in PORTS:
@@ -338,7 +339,7 @@ def test_failing_compiler_warns_and_falls_back(fresh_native, tmp_path):
     if false is None:
         pytest.skip("no `false` program to stand in for a failing compiler")
     fresh_native.setenv("CC", false)
-    fresh_native.setenv(native.CACHE_ENV, str(tmp_path / "cache"))
+    fresh_native.setenv(native_build.CACHE_ENV, str(tmp_path / "cache"))
     with pytest.warns(RuntimeWarning, match="cannot build kernels.c"):
         assert native.library() is None
     assert not list((tmp_path / "cache").glob("*.so"))  # nothing half-built left behind
@@ -346,8 +347,8 @@ def test_failing_compiler_warns_and_falls_back(fresh_native, tmp_path):
 
 def test_build_is_cached_per_source_and_cpu(fresh_native, tmp_path):
     _compiled_or_skip()
-    fresh_native.setenv(native.CACHE_ENV, str(tmp_path))
-    cc = native._compiler()
+    fresh_native.setenv(native_build.CACHE_ENV, str(tmp_path))
+    cc = native_build.compiler()
     first = native._build(cc)
     stamp = first.stat().st_mtime_ns
     assert native._build(cc) == first and first.stat().st_mtime_ns == stamp

@@ -1,6 +1,6 @@
 """Byte layout of the .apr v2 container: header, tensor index entries, flags and limits.
 
-Follows /work/shared/reference/apr-v2-format.md (the layout aprender and realizar read). All
+Follows the APR v2 layout that the aprender and realizar readers expect (see README, "The .apr v2 container"). All
 integers are little-endian; every section and every tensor starts on a 64-byte boundary.
 """
 

@@ -12,81 +12,27 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import os
-import platform
-import shutil
-import subprocess
-import sys
-import tempfile
 import threading
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from .. import native_build
+
 SOURCE = Path(__file__).with_name("kernels.c")
 DISABLE_ENV = "APR_QA_NATIVE_QUANT"
-CACHE_ENV = "APR_QA_NATIVE_CACHE"
 # -ffp-contract=off: no fused multiply-add, each product rounded as in ggml's reference build.
 # -fno-math-errno only lets sqrtf compile to one instruction; it stays correctly rounded.
 FLAGS = ["-O3", "-std=c11", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno"]
 # The kernels' vectors follow the build target: -march=native doubles their speed on AVX2 CPUs.
 # The library is then specific to this CPU, so the cache key includes the CPU's feature flags.
-NATIVE_FLAGS = ["-march=native"]
 KERNELS = ("q4_0_quantize", "q4_k_quantize", "q6_k_quantize")
 
 
-def _cache_dir() -> Path:
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "apr-qa"
-
-
-def _compiler() -> str | None:
-    return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
-
-
-def _cpu_fingerprint() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line for line in f if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        return platform.processor()
-
-
-def _compile(cc: str, flags: list[str], target: Path) -> Path:
-    """Compile kernels.c into `target` (atomically: concurrent builders each install a whole library)."""
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
-    except OSError:  # read-only cache: build into a private temporary folder instead
-        work = Path(tempfile.mkdtemp(prefix="apr-qa-kernels-"))
-        target = work / target.name
-    out = work / target.name
-    try:
-        subprocess.run([cc, *flags, "-o", str(out), str(SOURCE), "-lm"], check=True, capture_output=True, text=True)
-        os.replace(out, target)
-    finally:
-        if work != target.parent:
-            shutil.rmtree(work, ignore_errors=True)
-    return target
-
-
 def _build(cc: str) -> Path:
-    """The compiled library for this source, compiler and CPU, from the cache or built now."""
-    errors = []
-    for flags in (FLAGS + NATIVE_FLAGS, FLAGS):  # a compiler without -march=native gets a generic build
-        key = "\n".join([SOURCE.read_text(), cc, *flags, platform.machine(), sys.platform, _cpu_fingerprint()])
-        target = _cache_dir() / f"quant-kernels-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
-        if target.exists():
-            return target
-        try:
-            return _compile(cc, flags, target)
-        except subprocess.CalledProcessError as exc:
-            errors.append(exc.stderr.strip().splitlines()[-1] if exc.stderr.strip() else str(exc))
-    raise OSError("; ".join(errors))
+    return native_build.build(cc, SOURCE, FLAGS, "quant-kernels", ("-lm",))
 
 
 def _bind(path: Path) -> ctypes.CDLL:
@@ -141,7 +87,7 @@ def library() -> ctypes.CDLL | None:
 
 @functools.lru_cache(maxsize=1)
 def _library() -> ctypes.CDLL | None:
-    cc = _compiler()
+    cc = native_build.compiler()
     if cc is None:
         warnings.warn("no C compiler found: quantizing with the slower numpy ports", RuntimeWarning, stacklevel=3)
         return None

@@ -14,80 +14,26 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import os
-import platform
-import shutil
-import subprocess
-import sys
-import tempfile
 import threading
 import warnings
 from pathlib import Path
 
 import torch
 
+from .. import native_build
 from ..dtypes import DType
 
 SOURCE = Path(__file__).with_name("matmul.c")
 DISABLE_ENV = "APR_QA_NATIVE_MATMUL"
-CACHE_ENV = "APR_QA_NATIVE_CACHE"
 # -ffp-contract=off keeps every dequantized value ggml's (no fused multiply-add); -march=native
 # vectorizes for this CPU, so the cache key includes the CPU's feature flags.
 FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off"]
-NATIVE_FLAGS = ["-march=native"]
 TYPES = (DType.Q8_0, DType.Q4_0, DType.Q4_K, DType.Q6_K)
 
 
-def _cache_dir() -> Path:
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "apr-qa"
-
-
-def _compiler() -> str | None:
-    return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
-
-
-def _cpu_fingerprint() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line for line in f if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        return platform.processor()
-
-
-def _compile(cc: str, flags: list[str], target: Path) -> Path:
-    """Compile matmul.c into `target`, atomically (concurrent builders each install a whole file)."""
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
-    except OSError:  # read-only cache: build into a private temporary folder instead
-        work = Path(tempfile.mkdtemp(prefix="apr-qa-matmul-"))
-        target = work / target.name
-    out = work / target.name
-    try:
-        subprocess.run([cc, *flags, "-o", str(out), str(SOURCE)], check=True, capture_output=True, text=True)
-        os.replace(out, target)
-    finally:
-        if work != target.parent:
-            shutil.rmtree(work, ignore_errors=True)
-    return target
-
-
 def _build(cc: str) -> Path:
-    errors = []
-    for flags in (FLAGS + NATIVE_FLAGS, FLAGS):
-        key = "\n".join([SOURCE.read_text(), cc, *flags, platform.machine(), sys.platform, _cpu_fingerprint()])
-        target = _cache_dir() / f"matmul-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
-        if target.exists():
-            return target
-        try:
-            return _compile(cc, flags, target)
-        except subprocess.CalledProcessError as exc:
-            errors.append(exc.stderr.strip().splitlines()[-1] if exc.stderr.strip() else str(exc))
-    raise OSError("; ".join(errors))
+    return native_build.build(cc, SOURCE, FLAGS, "matmul", ())
 
 
 def _bind(path: Path) -> ctypes.CDLL:
@@ -140,7 +86,7 @@ def library() -> ctypes.CDLL | None:
 
 @functools.lru_cache(maxsize=1)
 def _library() -> ctypes.CDLL | None:
-    cc = _compiler()
+    cc = native_build.compiler()
     if cc is None:
         warnings.warn("no C compiler found: packed weights are dequantized per matmul (slower)",
                       RuntimeWarning, stacklevel=3)

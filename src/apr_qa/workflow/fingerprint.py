@@ -31,7 +31,7 @@ VARIANT_CODECS = {
     "q4_k": ["quant/q4_k.py", "quant/q6_k.py", *NATIVE_QUANT],
 }
 CODEC_COMMON = ["quant/__init__.py", "quant/common.py"]
-CORE = ["dtypes.py", "errors.py", "fsutil.py", "metadata.py"]
+CORE = ["dtypes.py", "errors.py", "fsutil.py", "metadata.py", "native_build.py"]  # builds the C kernels
 # The architecture registry decides names, layouts, quantization exemptions and the runtime graph of
 # every family; all of it is hashed (an edit to one family reruns every model's conversion, never
 # leaves one stale: which family a model is becomes known only after its download).
