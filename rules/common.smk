@@ -26,6 +26,7 @@
 # the tier playbook > built-in defaults (stop-on-p0, 5 runs). tier: null runs the gates only.
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -33,17 +34,18 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
+from apr_qa import layout
 from apr_qa.certify.playbooks import load_playbook
-from apr_qa.dtypes import QUANT_LEVELS
+from apr_qa.stacks import configured_stacks, stack_fingerprint
 from apr_qa.workflow import checksums, integrity
-from apr_qa.workflow.certify import ANDON_POLICY, certification_fingerprint, tier_variants
+from apr_qa.workflow.tiers import ANDON_POLICY, certification_fingerprint, tier_variants
 from apr_qa.workflow.download import weights_key
 from apr_qa.workflow.fingerprint import fingerprint
 from apr_qa.workflow.tempfiles import remove_stale_temps
 
 RESULTS = config.get("results", "results")
-REPORT = f"{RESULTS}/report.md"
-ANDON = f"{RESULTS}/andon"
+REPORT = layout.template(RESULTS, "report")
+ANDON = layout.template(RESULTS, "andon")
 TIER = config.get("tier")
 PLAYBOOK_FILE = f"config/playbooks/{TIER}.yaml" if TIER else None
 PLAYBOOK = load_playbook(TIER, templates=Path("config/playbooks")) if TIER else None
@@ -53,7 +55,7 @@ EVAL_TIMEOUT = f"--timeout {PLAYBOOK['timeouts']['scenario_s']:g}" if TIER else 
 MODELS = {m["id"]: m for m in config["models"]}
 if not TIER and "variants" not in config:
     raise WorkflowError("config: `variants` is required without a tier")
-SITE_VARIANTS = {m["id"]: m.get("variants", config.get("variants", list(QUANT_LEVELS))) for m in config["models"]}
+SITE_VARIANTS = {m["id"]: m.get("variants", config.get("variants", list(layout.VARIANTS))) for m in config["models"]}
 VARIANTS = {m: tier_variants(PLAYBOOK, vs, m) if TIER else vs for m, vs in SITE_VARIANTS.items()}
 ALL_VARIANTS = sorted({v for vs in VARIANTS.values() for v in vs})
 HUB = config.get("hub", {})
@@ -61,13 +63,16 @@ TOLERANCES = config.get("validation", {}).get("tolerances") or []  # optional YA
 
 # The environment every job inherits: checksum cache, HF hub location/mode. HF_TOKEN passes through
 # untouched from the caller's environment and is never written anywhere.
-JOB_ENV = {checksums.CACHE_ENV: os.path.abspath(config.get("checksum_cache", f"{RESULTS}/.checksums"))}
+JOB_ENV = {
+    checksums.CACHE_ENV: os.path.abspath(config.get("checksum_cache", layout.template(RESULTS, "checksum_cache")))
+}
 if HUB.get("cache_dir"):
     JOB_ENV["HF_HUB_CACHE"] = os.path.abspath(HUB["cache_dir"])
 if HUB.get("endpoint"):
     JOB_ENV["HF_ENDPOINT"] = HUB["endpoint"]
 if HUB.get("offline"):
     JOB_ENV["HF_HUB_OFFLINE"] = "1"
+JOB_ENV["APR_QA_MODEL_CACHE"] = json.dumps(config.get("model_cache") or {})  # apr_qa.workflow.model_cache
 os.environ.update(JOB_ENV)
 
 # Jobs run the apr-qa of the Python environment that runs Snakemake, so `.venv/bin/snakemake` from a
@@ -78,13 +83,16 @@ SEARCH_PATH = os.environ.get("PATH", "")
 if SEARCH_PATH.split(os.pathsep)[0] != PYTHON_BIN:
     os.environ.update(PATH=PYTHON_BIN + os.pathsep + SEARCH_PATH)
 if shutil.which("apr-qa") is None:
-    raise WorkflowError(f"apr-qa is neither beside {sys.executable} nor on PATH: install apr-qa into the "
-                        "Python environment that runs Snakemake (make setup)")
+    raise WorkflowError(
+        f"apr-qa is neither beside {sys.executable} nor on PATH: install apr-qa into the "
+        "Python environment that runs Snakemake (make setup)"
+    )
+
 
 wildcard_constraints:
     model="|".join(MODELS) or "(?!)",
-    variant="f32|f16|bf16|q8_0|q4_0|q4_k",
-    stage="validate|evaluate",
+    variant=layout.variant_pattern(),
+    stage="|".join(layout.GATED_STAGES),
 
 
 def andon(stage, subject, evidence=None):
@@ -93,24 +101,39 @@ def andon(stage, subject, evidence=None):
     return f"apr-qa andon run --stage {stage} --subject {subject} --state {ANDON} --policy {POLICY}{ev} --"
 
 
-# Artifact paths. Consumers name them directly (not through checkpoints.X.get(), which in an
-# input function that loops over many checkpoints surfaces only one pending checkpoint per DAG
-# update); Snakemake still re-plans every direct dependent of a checkpoint when it finishes.
-MANIFEST = f"{RESULTS}/download/{{model}}/manifest.json"
-APR = f"{RESULTS}/apr/{{model}}/{{model}}.{{variant}}.apr"
-APR_SHA = f"{RESULTS}/apr/{{model}}/{{model}}.{{variant}}.apr.sha256.json"
-CONVERSION = f"{RESULTS}/convert/{{model}}/{{variant}}.json"
-EVIDENCE = f"{RESULTS}/validate/{{model}}/{{variant}}.json"
-EVALUATION = f"{RESULTS}/evaluate/{{model}}/{{variant}}.json"
-MARKER = f"{RESULTS}/gates/{{stage}}/{{model}}/{{variant}}.ok"
-SUMMARY = f"{RESULTS}/certify/{{model}}/{{variant}}.json"
-CERTIFICATION = f"{RESULTS}/certify/{{model}}/evidence.json"
-ORACLE = f"{RESULTS}/oracle/{{model}}.json"
+# Artifact paths (apr_qa.layout). Consumers name them directly (not through checkpoints.X.get(),
+# which in an input function that loops over many checkpoints surfaces only one pending checkpoint
+# per DAG update); Snakemake still re-plans every direct dependent of a checkpoint when it finishes.
+MANIFEST = layout.template(RESULTS, "manifest")
+APR = layout.template(RESULTS, "apr")
+APR_SHA = layout.template(RESULTS, "apr_record")
+CONVERSION = layout.template(RESULTS, "conversion")
+EVIDENCE = layout.template(RESULTS, "validation")
+EVALUATION = layout.template(RESULTS, "evaluation")
+MARKER = layout.template(RESULTS, "marker")
+VALIDATED = MARKER.replace("{stage}", "validate")
+EVALUATED = MARKER.replace("{stage}", "evaluate")
+SUMMARY = layout.template(RESULTS, "summary")
+CERTIFICATION = layout.template(RESULTS, "certification")
+ORACLE = layout.template(RESULTS, "oracle")
 ORACLE_ON = bool(config.get("oracle", False))
+# Stacks under test (docs/stacks.md): builtin is the evaluate checkpoint; every other stack is one
+# evaluate_stack job per variant plus its diff_stacks comparison with builtin (rules/stacks.smk).
+STACKS, STACK_NOTES = configured_stacks(config.get("stacks"), "config: stacks")
+for _note in STACK_NOTES:  # e.g. llamacpp omitted where llama-cpp-python does not import
+    print(f"apr-qa: {_note}", file=sys.stderr)
+OTHER_STACKS = {s.name: s for s in STACKS if s.name != "builtin"}
+STACK_EVALUATION = layout.template(RESULTS, "stack_evaluation")
+STACK_LOGITS = layout.template(RESULTS, "stack_logits")
+BUILTIN_LOGITS = STACK_LOGITS.replace("{stack}", "builtin")
+DIFFERENTIAL = layout.template(RESULTS, "differential")
 # Certification outputs of the report rule (with a tier); report.html is written in either mode.
-REPORT_HTML = f"{RESULTS}/report.html"
-MODELS_CSV, JUNIT = f"{RESULTS}/models.csv", f"{RESULTS}/junit.xml"
-PARETO_PNG, PARETO_SVG = f"{RESULTS}/pareto.png", f"{RESULTS}/pareto.svg"
+REPORT_HTML = layout.template(RESULTS, "report_html")
+MODELS_CSV, JUNIT = layout.template(RESULTS, "models_csv"), layout.template(RESULTS, "junit")
+PARETO_PNG, PARETO_SVG = layout.template(RESULTS, "pareto_png"), layout.template(RESULTS, "pareto_svg")
+
+
+GATED = f"{RESULTS}/{layout.GATED_EVIDENCE}"  # EVIDENCE or EVALUATION, by the gate's {stage}
 
 
 def cutoff(template):
@@ -176,8 +199,9 @@ def downloaded(model):
     Raises IncompleteCheckpointException while the download is pending. A manifest deleted after
     its model was converted counts as fetched: the report's integrity param has it rebuilt."""
     manifest = MANIFEST.format(model=model)
-    if not os.path.exists(manifest) and any(os.path.exists(APR_SHA.format(model=model, variant=v))
-                                            for v in VARIANTS[model]):
+    if not os.path.exists(manifest) and any(
+        os.path.exists(APR_SHA.format(model=model, variant=v)) for v in VARIANTS[model]
+    ):
         return True
     return read_json(checkpoints.download.get(model=model).output.manifest).get("status") == "ok"
 
@@ -198,19 +222,53 @@ def pickle_flag(model):
     return "--unsafe-allow-pickle" if MODELS[model].get("allow_pickle") else ""
 
 
+def stage_fingerprints(wildcards):
+    """Param of the summary: the stack fingerprints of the stages behind it (recorded in it)."""
+    return " ".join(f"--fingerprint {fingerprint(s, wildcards.variant)}" for s in ("convert", "validate", "evaluate"))
+
+
+def certification_inputs(template):
+    """Input of the certification: `template` for every tier variant of the model, ancient."""
+
+    def files(wildcards):
+        return [ancient(template.format(model=wildcards.model, variant=v)) for v in VARIANTS[wildcards.model]]
+
+    return files
+
+
+def certify_variants(wildcards, input):
+    """Param of the certification: --variant NAME=PATH for every .apr (and the source, when the
+    playbook's formats include its format), and the source's safetensors index when it has one."""
+    args = [f"--variant {v}={apr}" for v, apr in zip(VARIANTS[wildcards.model], input.apr)]
+    source = read_json(input.manifest)["source"]
+    fmt = "gguf" if source.endswith(".gguf") else "safetensors"
+    if fmt in PLAYBOOK["variants"]["formats"]:
+        args.append(f"--variant source={source}")
+    index = Path(source) / "model.safetensors.index.json"
+    return " ".join(args) + (f" --source-index {index}" if index.exists() else "")
+
+
 def certification_commands(certifications):
     """With a tier: models.csv and junit.xml of the given certification files."""
     if not (TIER and certifications):
         return []
     files = " ".join(certifications)
-    return [f"rm -f {MODELS_CSV} && apr-qa export-csv {files} --output {MODELS_CSV}",
-            f"apr-qa junit {files} --output {JUNIT}"]
+    return [
+        f"rm -f {MODELS_CSV} && apr-qa export-csv {files} --output {MODELS_CSV}",
+        f"apr-qa junit {files} --output {JUNIT}",
+    ]
+
+
+PRICE = config.get("cost", {}).get("usd_per_device_hour")  # the Pareto frontier's cost axis
 
 
 def report_commands():
     """The report rule: the certification files of every model, then the Andon board (report.md/.html)."""
-    board = (f"apr-qa report --results {RESULTS} --models {','.join(MODELS)} --variants {','.join(ALL_VARIANTS)} "
-             f"--prompts {config['evaluation']['prompts']} --out {REPORT}")
+    board = (
+        f"apr-qa report --results {RESULTS} --models {','.join(MODELS)} --variants {','.join(ALL_VARIANTS)} "
+        f"--prompts {config['evaluation']['prompts']} --out {REPORT}"
+        + (f" --usd-per-device-hour {PRICE}" if PRICE is not None else "")
+    )
     return [*certification_commands([CERTIFICATION.format(model=m) for m in MODELS]), board]
 
 
@@ -231,8 +289,9 @@ def write_board():
     """The board, written in this process (no apr-qa command needed): it can always be written."""
     from apr_qa.workflow.report import write_report
 
-    overall = write_report(Path(RESULTS), list(MODELS), ALL_VARIANTS, Path(REPORT),
-                           Path(config["evaluation"]["prompts"]))
+    overall = write_report(
+        Path(RESULTS), list(MODELS), ALL_VARIANTS, Path(REPORT), Path(config["evaluation"]["prompts"]), PRICE
+    )
     print(f"{REPORT}: {overall}", file=sys.stderr)
 
 
@@ -276,12 +335,20 @@ def write_report_after_failure():
     results no longer have."""
     drop_board()
     if TIER:
-        from apr_qa.workflow.certify import certify_blocked
+        from apr_qa.workflow.blocked import certify_blocked
 
         for m in MODELS:
             try:
-                certify_blocked(Path(RESULTS), m, MODELS[m]["repo"], PLAYBOOK, VARIANTS[m],
-                                Path(CERTIFICATION.format(model=m)), family=MODELS[m].get("family"))
+                if certify_blocked(
+                    Path(RESULTS),
+                    m,
+                    MODELS[m]["repo"],
+                    PLAYBOOK,
+                    VARIANTS[m],
+                    Path(CERTIFICATION.format(model=m)),
+                    family=MODELS[m].get("family"),
+                ) and os.path.exists(MANIFEST.format(model=m)):
+                    shell(f"apr-qa cache release {MANIFEST.format(model=m)} --outcome blocked")
             except Exception as exc:  # best effort: the board must still be written
                 print(f"ERROR: certification of {m} after failure: {exc}", file=sys.stderr)
     existing = [CERTIFICATION.format(model=m) for m in MODELS if os.path.exists(CERTIFICATION.format(model=m))]
@@ -293,8 +360,11 @@ def write_report_after_failure():
     try:
         write_board()
     except Exception as exc:
-        print(f"ERROR: the failure report {REPORT} could not be written ({type(exc).__name__}: {exc}); "
-              "there is no report until the next run", file=sys.stderr)
+        print(
+            f"ERROR: the failure report {REPORT} could not be written ({type(exc).__name__}: {exc}); "
+            "there is no report until the next run",
+            file=sys.stderr,
+        )
 
 
 def certified_summaries(wildcards):
@@ -305,6 +375,17 @@ def certified_summaries(wildcards):
 def oracles(wildcards):
     """The runtime-oracle record of every downloaded model (none unless `oracle: true`)."""
     return [ORACLE.format(model=m) for m in MODELS if ORACLE_ON and downloaded(m)]
+
+
+def differentials(wildcards):
+    """builtin against every other stack, per variant of every downloaded model (none with only builtin)."""
+    return [
+        DIFFERENTIAL.format(model=m, variant=v, stack=s)
+        for m in MODELS
+        if downloaded(m)
+        for v in VARIANTS[m]
+        for s in OTHER_STACKS
+    ]
 
 
 def certifications(wildcards):
@@ -319,8 +400,9 @@ def model_digest(wildcards):
         wc = {"model": wildcards.model, "variant": v}
         sha = APR_SHA.format(**wc)
         parts.append(recorded_sha256(sha) if os.path.exists(sha) else "pending")
-        parts += [file_sha256(p) if os.path.exists(p) else "pending"
-                  for p in (EVIDENCE.format(**wc), EVALUATION.format(**wc))]
+        parts += [
+            file_sha256(p) if os.path.exists(p) else "pending" for p in (EVIDENCE.format(**wc), EVALUATION.format(**wc))
+        ]
     manifest = MANIFEST.format(model=wildcards.model)
     parts.append(weights_digest(manifest) if os.path.exists(manifest) else "pending")
     return ",".join(parts)
@@ -335,19 +417,20 @@ def model_digest(wildcards):
 # once the artifact is back the report's param is "intact" again). A file whose recorded sha256
 # no longer matches (checked through the stat-keyed cache: free while size and times are
 # unchanged) is not silently replaced: the report job's verify-checksums halts naming it.
-CLAIMED = [APR, APR_SHA, CONVERSION, EVIDENCE, EVALUATION, MARKER.replace("{stage}", "validate"),
-           MARKER.replace("{stage}", "evaluate"), SUMMARY]
+CLAIMED = [APR, APR_SHA, CONVERSION, EVIDENCE, EVALUATION, VALIDATED, EVALUATED, SUMMARY]
 
 
 def claimed_artifacts(wildcards):
-    return [ancient(t.format(model=m, variant=v)) for m in MODELS if downloaded(m) for v in VARIANTS[m]
-            for t in CLAIMED]
+    return [
+        ancient(t.format(model=m, variant=v)) for m in MODELS if downloaded(m) for v in VARIANTS[m] for t in CLAIMED
+    ]
 
 
 def checksum_records(wildcards):
     """The download manifest and every .apr record of each downloaded model."""
     return [ancient(MANIFEST.format(model=m)) for m in MODELS if downloaded(m)] + [
-        ancient(APR_SHA.format(model=m, variant=v)) for m in MODELS if downloaded(m) for v in VARIANTS[m]]
+        ancient(APR_SHA.format(model=m, variant=v)) for m in MODELS if downloaded(m) for v in VARIANTS[m]
+    ]
 
 
 _reported = set()

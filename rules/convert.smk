@@ -11,21 +11,21 @@ checkpoint convert:
         sha=APR_SHA,
         summary=CONVERSION,
     log:
-        f"{RESULTS}/logs/convert/{{model}}/{{variant}}.log",
+        layout.log(RESULTS, "convert", "{model}", "{variant}"),
     benchmark:
-        f"{RESULTS}/benchmarks/convert/{{model}}/{{variant}}.tsv"
+        layout.benchmark(RESULTS, "convert", "{model}", "{variant}")
+    conda:
+        "../envs/apr-qa.yaml"
+    resources:
+        conversions=1,
+        mem_mb=mem_mb("convert"),
     params:
         fp=lambda wc: fingerprint("convert", wc.variant),
         weights=digest(MANIFEST, weights_digest),
         source=source_of,
         pickle=lambda wc: pickle_flag(wc.model),
         andon=lambda wc: andon("convert", f"{wc.model}/{wc.variant}"),
-    resources:
-        conversions=1,
-        mem_mb=mem_mb("convert"),
-    conda:
-        "../envs/apr-qa.yaml"
     shell:
-        "({params.andon} sh -c 'apr-qa verify-checksums {input.manifest} && "
+        "({params.andon} sh -c 'apr-qa cache restore {input.manifest} && apr-qa verify-checksums {input.manifest} && "
         "apr-qa convert {params.source} {output.apr} --quant {wildcards.variant} --manifest {input.manifest} "
         "{params.pickle} --json {output.summary} && apr-qa checksum {output.apr} --json {output.sha}') > {log} 2>&1"

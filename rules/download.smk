@@ -1,13 +1,21 @@
-# Stage 1: download (spec 5). A checkpoint: consumers are re-planned from the manifest it writes.
+# Stage 1: download (gates D1-D5, G6: docs/gates.md). A checkpoint: consumers are re-planned from the manifest it writes.
 # D1/D2/G6 skip the model (the manifest says "skipped", nothing downstream is planned for it);
-# D3 fails the job after retries; D4 halts.
+# D3 fails the job after retries; D4 halts. Under `model_cache:` (APR_QA_MODEL_CACHE) the download first
+# leases the revision and evicts least-recently-used ones to fit the cap (apr_qa.workflow.model_cache).
 
 
 checkpoint download:
     output:
         manifest=MANIFEST,
     log:
-        f"{RESULTS}/logs/download/{{model}}.log",
+        layout.log(RESULTS, "download", "{model}"),
+    # On a cluster whose compute nodes have no internet, download on the head node instead.
+    localrule: config["download"].get("on_head_node", False)
+    conda:
+        "../envs/apr-qa.yaml"
+    resources:
+        downloads=1,
+        mem_mb=1024,
     params:
         fp=fingerprint("download"),
         repo=lambda wc: MODELS[wc.model]["repo"],
@@ -18,13 +26,6 @@ checkpoint download:
         max_gb=config["download"]["max_size_gb"],
         retries=config["download"]["retries"],
         andon=lambda wc: andon("download", wc.model),
-    # On a cluster whose compute nodes have no internet, download on the head node instead.
-    localrule: config["download"].get("on_head_node", False)
-    resources:
-        downloads=1,
-        mem_mb=1024,
-    conda:
-        "../envs/apr-qa.yaml"
     shell:
         "{params.andon} apr-qa download {params.repo} --id {wildcards.model} --revision {params.revision} "
         "{params.files} {params.pickle} {params.pins} --max-size-gb {params.max_gb} --retries {params.retries} "

@@ -8,14 +8,22 @@ checkpoint evaluate:
         apr=cutoff(APR),
         sha=cutoff(APR_SHA),
         manifest=cutoff(MANIFEST),
-        validated=ancient(MARKER.replace("{stage}", "validate")),
+        validated=ancient(VALIDATED),
         prompts=config["evaluation"]["prompts"],
     output:
+        **({"logits": BUILTIN_LOGITS} if OTHER_STACKS else {}),  # compared with the other stacks'
         evaluation=EVALUATION,
     log:
-        f"{RESULTS}/logs/evaluate/{{model}}/{{variant}}.log",
+        layout.log(RESULTS, "evaluate", "{model}", "{variant}"),
     benchmark:
-        f"{RESULTS}/benchmarks/evaluate/{{model}}/{{variant}}.tsv"
+        layout.benchmark(RESULTS, "evaluate", "{model}", "{variant}")
+    conda:
+        "../envs/apr-qa.yaml"
+    threads: config["evaluation"].get("threads", 2)
+    resources:
+        evaluations=1,
+        gpu=1 if config["evaluation"]["device"] == "cuda" else 0,
+        mem_mb=mem_mb("evaluate"),
     params:
         fp=lambda wc: fingerprint("evaluate", wc.variant),
         apr=digest(APR_SHA, recorded_sha256),
@@ -25,16 +33,10 @@ checkpoint evaluate:
         timeout=EVAL_TIMEOUT,
         device=config["evaluation"]["device"],
         extra=config["evaluation"].get("extra_args", ""),
+        logits=lambda wc, output: f"--logits {output.logits}" if OTHER_STACKS else "",
         andon=lambda wc, output: andon("evaluate", f"{wc.model}/{wc.variant}", output.evaluation),
-    threads: config["evaluation"].get("threads", 2)
-    resources:
-        evaluations=1,
-        gpu=1 if config["evaluation"]["device"] == "cuda" else 0,
-        mem_mb=mem_mb("evaluate"),
-    conda:
-        "../envs/apr-qa.yaml"
     shell:
         "({params.andon} sh -c 'apr-qa checksum {input.apr} --expect {input.sha} && "
         "apr-qa verify-checksums {input.manifest} && "
         "apr-qa eval {input.apr} --reference {params.source} --prompts {input.prompts} --runs {params.runs} "
-        "--device {params.device} --threads {threads} {params.timeout} {params.extra} --json {output.evaluation}') > {log} 2>&1"
+        "--device {params.device} --threads {threads} {params.timeout} {params.extra} {params.logits} --json {output.evaluation}') > {log} 2>&1"

@@ -10,15 +10,16 @@ rule oracle:
     output:
         record=ORACLE,
     log:
-        f"{RESULTS}/logs/oracle/{{model}}.log",
+        layout.log(RESULTS, "oracle", "{model}"),
+    conda:
+        "../envs/apr-qa.yaml"
+    resources:
+        evaluations=1,
+        mem_mb=mem_mb("evaluate"),
     params:
         fp=fingerprint("oracle"),
         weights=digest(MANIFEST, weights_digest),
         source=source_of,
-    resources:
-        evaluations=1,
-        mem_mb=mem_mb("evaluate"),
-    conda:
-        "../envs/apr-qa.yaml"
     shell:
-        "apr-qa oracle {params.source} --prompts {input.prompts} --record-only --json {output.record} > {log} 2>&1"
+        "(apr-qa cache restore {input.manifest} && apr-qa oracle {params.source} --prompts {input.prompts} "
+        "--record-only --json {output.record}) > {log} 2>&1"

@@ -11,7 +11,12 @@ checkpoint validate:
     output:
         evidence=EVIDENCE,
     log:
-        f"{RESULTS}/logs/validate/{{model}}/{{variant}}.log",
+        layout.log(RESULTS, "validate", "{model}", "{variant}"),
+    conda:
+        "../envs/apr-qa.yaml"
+    resources:
+        validations=1,
+        mem_mb=mem_mb("validate"),
     params:
         fp=lambda wc: fingerprint("validate", wc.variant),
         apr=digest(APR_SHA, recorded_sha256),
@@ -20,11 +25,6 @@ checkpoint validate:
         pickle=lambda wc: pickle_flag(wc.model),
         tolerances=f"--tolerances {TOLERANCES}" if TOLERANCES else "",
         andon=lambda wc, output: andon("validate", f"{wc.model}/{wc.variant}", output.evidence),
-    resources:
-        validations=1,
-        mem_mb=mem_mb("validate"),
-    conda:
-        "../envs/apr-qa.yaml"
     shell:
         "({params.andon} sh -c 'apr-qa checksum {input.apr} --expect {input.sha} && "
         "apr-qa verify-checksums {input.manifest} && "

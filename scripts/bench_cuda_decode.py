@@ -34,7 +34,7 @@ def make_model(folder: Path) -> Path:
         return folder
     import transformers
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "helpers"))
     from tiny_models import train_byte_level_bpe, write_json
 
     folder.mkdir(parents=True, exist_ok=True)

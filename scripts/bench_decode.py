@@ -320,7 +320,7 @@ NUMERICS_PROMPTS = ["The capital of France is", "def fibonacci(n):\n    ", "Once
 
 def compare(got: list[torch.Tensor], want: list[torch.Tensor]) -> str:
     rel, kl, agree, total = 0.0, [], 0, 0
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         rel = max(rel, float((g - w).abs().max() / (w.max() - w.min())))
         kl.append(torch.nn.functional.kl_div(g.log_softmax(-1), w.log_softmax(-1), log_target=True,
                                              reduction="none").sum(-1))

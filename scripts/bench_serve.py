@@ -11,8 +11,8 @@ requests not started before --deadline seconds are reported as "not run", never 
 --peer-url adds any other OpenAI-compatible server already listening on loopback (for instance
 llama.cpp's `python -m llama_cpp.server --model X.gguf --interrupt_requests False`: by default it cuts a
 running stream off when the next request arrives, which under this load breaks every other stream), loaded
-the same way; the rounds alternate which server goes first, and medians over rounds are printed side by side. The load average is printed before
-and after, since the machine is shared.
+the same way; the rounds alternate which server goes first, and medians over rounds are printed side by side.
+The load average is printed before and after, since the machine is shared.
 
     .venv/bin/python scripts/bench_serve.py [MODEL] [--requests 200] [--concurrency 16] [--max-tokens 2]
         [--rounds 1] [--deadline 600] [--peer-url http://127.0.0.1:PORT --peer-model NAME]

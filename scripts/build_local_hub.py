@@ -41,7 +41,7 @@ def main() -> int:
     sys.path.insert(0, str(ROOT / "src"))
     from apr_qa.workflow.hub_mirror import HubMirror
 
-    for repo, src in REPOS.items():
+    for src in REPOS.values():
         for path in src if isinstance(src, list) else [src]:
             if not path.exists():
                 hint = next(h for k, h in HINTS.items() if k in str(path))

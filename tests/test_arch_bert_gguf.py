@@ -1,5 +1,5 @@
 """BERT-family GGUF input (llama.cpp's "bert" architecture), from files written as
-convert_hf_to_gguf.py writes them (tests/tiny_bert_gguf.py):
+convert_hf_to_gguf.py writes them (tests/helpers/tiny_bert_gguf.py):
 
 - the WordPiece tokenizer rebuilt from the phantom-space vocabulary encodes and decodes exactly like
   the original (tiny vocabulary, cased vocabulary, the real all-MiniLM-L6-v2 one);

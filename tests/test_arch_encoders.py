@@ -82,7 +82,7 @@ def test_mobilebert_padding_does_not_change_a_sequence(tiny_dir):
     model = load_model(_make(tiny_dir, "mobilebert"))
     ids = [model.tokenizer.encode(t) for t in fh.PROMPTS]
     assert len({len(s) for s in ids}) > 1
-    for seq, got in zip(ids, model.hidden_states(ids)):
+    for seq, got in zip(ids, model.hidden_states(ids), strict=True):
         assert torch.allclose(got, model.hidden_states([seq])[0], atol=1e-5, rtol=0)
 
 

@@ -118,7 +118,7 @@ def test_alibi_bfloat16_rounding_shows_in_the_logits(tiny_dir):
     batch = [model.tokenizer.encode(text) for text in tiny_models.TOKENIZER_PROMPTS]
     exact = model.logits(batch)
     model.alibi_slopes = model.alibi_slopes.float()
-    worst = max(fh.relative_diff(got, want) for got, want in zip(model.logits(batch), exact))
+    worst = max(fh.relative_diff(got, want) for got, want in zip(model.logits(batch), exact, strict=True))
     assert worst > 5 * fh.RELATIVE_LIMIT
 
 

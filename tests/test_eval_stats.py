@@ -64,7 +64,7 @@ def test_pearson():
     assert stats.pearson([1, 1, 1], [1, 2, 3]) is None
 
 
-# -- spec 7.4 agreement ---------------------------------------------------------------------------
+# -- top-k agreement -------------------------------------------------------------------------------
 
 def test_spec_agreement_formula_on_crafted_lists():
     k, tol = 4, 0.1

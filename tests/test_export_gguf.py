@@ -168,7 +168,7 @@ def test_mistral_window_is_reported_not_recorded(tiny_dir, tmp_path):
 
 
 def test_llama_q_k_rows_are_permuted_as_the_converter_does(tiny_dir, tmp_path):
-    """The exported attn_q is LlamaModel.permute of the HF q_proj (tests/tiny_models' independent copy)."""
+    """The exported attn_q is LlamaModel.permute of the HF q_proj (tests/helpers/tiny_models' independent copy)."""
     from safetensors.numpy import load_file
 
     hf_dir = _hf(tiny_dir, "llama")

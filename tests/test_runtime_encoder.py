@@ -11,7 +11,8 @@ import torch
 from apr_qa.errors import UnsupportedError
 from apr_qa.runtime import load_model
 
-TEXTS = ["The capital of France is Paris.", "Water boils", "Tokenizers split text into pieces; each piece maps to an id."]
+TEXTS = ["The capital of France is Paris.", "Water boils",
+         "Tokenizers split text into pieces; each piece maps to an id."]
 
 
 def reference_outputs(folder, texts):
@@ -39,7 +40,7 @@ def check_against_transformers(folder, oracle_folder=None):
     model = load_model(folder)
     assert model.kind == "encoder"
     assert [model.tokenizer.encode(t) for t in TEXTS] == ids
-    for got, want in zip(model.hidden_states(ids), hidden_ref):
+    for got, want in zip(model.hidden_states(ids), hidden_ref, strict=True):
         assert_close(got, want)
     embeddings = model.embed(TEXTS)
     assert embeddings.dtype == torch.float32 and embeddings.shape == pooled_ref.shape
@@ -67,7 +68,7 @@ def test_padding_does_not_change_a_sequence(tiny_bert):
     model = load_model(tiny_bert)
     ids = [model.tokenizer.encode(t) for t in TEXTS]
     together = model.hidden_states(ids)
-    for seq, got in zip(ids, together):
+    for seq, got in zip(ids, together, strict=True):
         assert torch.allclose(got, model.hidden_states([seq])[0], atol=1e-5, rtol=0)
 
 

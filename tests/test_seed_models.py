@@ -39,7 +39,8 @@ def _tiny_repo(entry: dict, folder: Path):
     builders = {
         "distilbert": tiny_encoders.make_tiny_distilbert, "albert": tiny_encoders.make_tiny_albert,
         "mobilebert": lambda p: tiny_encoders.make_tiny_mobilebert(p, masked_lm=True),
-        "phi": tiny_phi.make_tiny_phi, "tinyllama": tiny_models.make_tiny_llama, "stablelm": tiny_phi.make_tiny_stablelm,
+        "phi": tiny_phi.make_tiny_phi, "tinyllama": tiny_models.make_tiny_llama,
+        "stablelm": tiny_phi.make_tiny_stablelm,
     }
     kind = next(k for k in builders if entry["id"].startswith(k))
     hf_dir = tiny_models.once(folder / kind, builders[kind])

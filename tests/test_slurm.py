@@ -1,6 +1,6 @@
 """Cluster execution through snakemake-executor-plugin-slurm on a real one-node SLURM cluster.
 
-The session fixture (tests/slurm_cluster.py) installs Debian's slurm-wlm and munge if needed (root only),
+The session fixture (tests/helpers/slurm_cluster.py) installs Debian's slurm-wlm and munge if needed (root only),
 starts munged, slurmctld and slurmd and stops them by PID afterwards. Where SLURM cannot be installed
 (not root, no apt, install failure) every test here is skipped with the reason; a cluster that was
 installed but does not come up is an error.
@@ -125,7 +125,7 @@ def test_every_remote_job_goes_through_sbatch_and_global_limit_holds(slurm, toy)
     # convert_slots=1 is tallied by the head-node scheduler across all submitted jobs: never two at once,
     # although the node has room for both (2 CPUs, 1 each).
     spans.sort()
-    assert all(prev_end <= start for (_, prev_end), (start, _) in zip(spans, spans[1:])), spans
+    assert all(prev_end <= start for (_, prev_end), (start, _) in zip(spans, spans[1:], strict=False)), spans
     gate_jobs = (toy / "report.txt").read_text().split()
     assert len(gate_jobs) == 2 and all(job_id in submitted for job_id in gate_jobs)
     assert all(submitted[job_id].parent.parent.name == "rule_gate" for job_id in gate_jobs)
@@ -161,7 +161,6 @@ prompts:
 """
 # Random tiny weights sit far from the distributions the default precision limits are calibrated on.
 TOLERANCES = "tolerances: {Q4_0: {kl: 0.5, cosine: 0.95, rrmse: 0.3}}\n"
-NEEDS_WORKFLOW = pytest.mark.skipif(not (REPO / "Snakefile").exists(), reason="workflow (Snakefile) not present")
 
 
 def workflow_env() -> dict[str, str]:
@@ -225,7 +224,6 @@ def gate_outcomes(path: Path) -> dict[str, tuple[bool, str]]:
     return {g["id"]: (g["passed"], g["level"]) for g in doc["gates"]}
 
 
-@NEEDS_WORKFLOW
 @pytest.mark.slow
 def test_workflow_on_slurm_equals_local_run(slurm, local_run, slurm_run):
     ws, proc = slurm_run
@@ -254,7 +252,6 @@ def test_workflow_on_slurm_equals_local_run(slurm, local_run, slurm_run):
         == len(WORKFLOW_VARIANTS)
 
 
-@NEEDS_WORKFLOW
 @pytest.mark.slow
 def test_workflow_gate_failure_is_a_failed_slurm_job(slurm, slurm_run, hub_cache):
     """A corrupted download trips D4 (halt) inside the convert job: FAILED in SLURM, its log kept.
@@ -273,7 +270,7 @@ def test_workflow_gate_failure_is_a_failed_slurm_job(slurm, slurm_run, hub_cache
     failed = re.findall(r"SLURM-job '(\d+)' failed, SLURM status is: 'FAILED'", proc.stderr)
     submitted = submissions(proc.stderr)
     failed_logs = [submitted[slurm_id] for slurm_id in failed]
-    for slurm_id, log in zip(failed, failed_logs):
+    for slurm_id, log in zip(failed, failed_logs, strict=True):
         assert job_state(slurm, slurm_id) == "FAILED"
         assert log.is_file() and log.parent.parent.name == "rule_convert"
         assert "Error in rule convert" in log.read_text()

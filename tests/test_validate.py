@@ -121,7 +121,7 @@ def test_metadata_schema_trips_v2(tiny_apr, tiny_llama, tmp_path):
 def test_bad_magic_trips_c5_and_v1(tiny_apr, tiny_llama, tmp_path):
     bad = tmp_path / "magic.apr"
     data = bytearray(tiny_apr("f16").read_bytes())
-    data[0:4] = b"APR!"  # the seed spec's prototype magic: real readers reject it
+    data[0:4] = b"APR!"  # an early prototype's magic: real readers reject it
     bad.write_bytes(bytes(data))
     code, gates = run_validate(bad, tiny_llama, tmp_path)
     assert code == 3 and not gates["C5"]["passed"] and not gates["V1"]["passed"]

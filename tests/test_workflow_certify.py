@@ -14,6 +14,7 @@ import json
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -22,8 +23,9 @@ import yaml
 from apr_qa.certify.playbooks import TIERS, load_playbook
 from apr_qa.certify.registry import COLUMNS
 from apr_qa.errors import AprQaError
-from apr_qa.workflow.certify import gateway_of, tier_variants
-from test_workflow_snakemake import BIN, PROMPTS, ROOT, STAGE_COMMANDS, _env, executed, nothing_to_do
+from apr_qa.gate_catalogue import gateway_of
+from apr_qa.workflow.tiers import tier_variants
+from test_workflow_snakemake import BIN, PROMPTS, ROOT, _env, executed, nothing_to_do
 
 MODEL, REPO = "tiny-llama", "test/tiny-llama"
 SITE_VARIANTS = ["f16", "q8_0", "q4_0", "q4_k"]
@@ -39,7 +41,8 @@ def test_tier_variants_follow_the_playbooks():
 
 
 def test_stage_gates_map_to_gateways():
-    assert [gateway_of(g) for g in ("D4", "C5", "C8", "I-4", "T1", "T4", "X9")] == ["G1", "G1", "G0", "G0", "G2", "G4", "G3"]
+    gates = ("D4", "C5", "C8", "I-4", "T1", "T4", "X9")
+    assert [gateway_of(g) for g in gates] == ["G1", "G1", "G0", "G0", "G2", "G4", "G3"]
 
 
 # ---- real Snakemake runs ----------------------------------------------------------------------
@@ -104,8 +107,8 @@ def _evidence(ws: Path) -> dict:
 def test_smoke_dag_has_one_variant_and_one_certification(workspace, built):
     mv = f"{MODEL}/q8_0"
     assert executed(built) == {("download", MODEL), ("convert", mv), ("validate", mv), ("gate-validate", mv),
-                               ("evaluate", mv), ("gate-evaluate", mv), ("certify", mv),
-                               ("certify_model", MODEL), ("report", "")}
+                               ("evaluate", mv), ("gate-evaluate", mv), ("summarize", mv),
+                               ("certify", MODEL), ("report", "")}
     # the tier's runs per prompt and timeout reach `apr-qa eval` (extra_args come last and win)
     assert "--runs 1 " in built.stderr and "--timeout 60 --max-new-tokens 2" in built.stderr
     assert nothing_to_do(workspace, "results/report.md", "--config", "tier=smoke")
@@ -156,7 +159,7 @@ def test_registry_junit_and_reports(workspace, built):
     assert "G4" in failed and int(root.get("failures")) >= 1
 
     report = (workspace / "results/report.md").read_text()
-    row = next(l for l in report.splitlines() if l.startswith(f"| {MODEL} ") and "smoke" in l)
+    row = next(line for line in report.splitlines() if line.startswith(f"| {MODEL} ") and "smoke" in line)
     assert "BLOCKED" in row and "FAIL" in row and "G4:" in row  # the garbage reason
     assert "## Pareto frontier" in report and "![Pareto frontier](pareto.png)" in report
     assert "## Failures and their Five Whys" in report and "why 1: G4" in report and "root cause:" in report
@@ -164,7 +167,34 @@ def test_registry_junit_and_reports(workspace, built):
         assert (workspace / "results" / name).stat().st_size > 0
     assert (workspace / "results/pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (workspace / "results/report.html").read_text()
-    assert page.startswith("<!DOCTYPE html>") and "data:image/png;base64," in page and "BLOCKED" in page
+    assert page.startswith("<!DOCTYPE html>") and "data:image/svg+xml;base64," in page and "BLOCKED" in page
+
+
+@pytest.mark.slow
+def test_snakemake_report_shows_the_artifacts(workspace, built, tmp_path):
+    """`snakemake --report` collects the report rule's flagged outputs with their captions."""
+    proc = snakemake(workspace, "--report", str(tmp_path / "report.zip"), "--config", "tier=smoke")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with zipfile.ZipFile(tmp_path / "report.zip") as z:
+        names = {Path(n).name for n in z.namelist() if "/data/" in n}
+        page = z.read(next(n for n in z.namelist() if n.endswith("/report.html") and "/data/" not in n)).decode()
+    assert names == {"report.html", "report.md", "pareto.png", "kld.png", "latency.png", "models.csv", "junit.xml"}
+    for caption in (ROOT / "rules/captions").glob("*.rst"):
+        assert " ".join(caption.read_text().split()[:4]) in page, caption.name
+
+
+@pytest.mark.slow
+def test_report_page_in_headless_chromium(workspace, built, tmp_path):
+    """The workflow's report.html loads without console errors; its board tile links to the details."""
+    from browser import visit
+
+    shot = tmp_path / "report.png"
+    seen = visit(workspace / "results/report.html", shot,
+                 lambda page: page.locator("table.board td a").first.get_attribute("href"))
+    print(f"screenshot: {shot}")
+    assert seen.errors == [] and [m for m in seen.console if m[0] in ("error", "warning")] == []
+    assert seen.result == f"#variant-{MODEL}-q8-0"
+    assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 50_000
 
 
 @pytest.mark.slow
@@ -183,7 +213,7 @@ def test_blocked_variant_still_certified(workspace, built):
         g4 = next(g for g in data["gates"] if g["id"] == "G4" and g["details"].get("workflow"))
         assert "T4" in g4["message"] and g4["details"]["five_whys"]["whys"][1].startswith("T4 ")
         report = (workspace / "results/report.md").read_text()
-        row = next(l for l in report.splitlines() if l.startswith(f"| {MODEL} ") and "smoke" in l)
+        row = next(line for line in report.splitlines() if line.startswith(f"| {MODEL} ") and "smoke" in line)
         assert "BLOCKED" in row and "T4" in row
         root = ET.parse(workspace / "results/junit.xml").getroot()
         assert any(c.get("name").startswith("T4 ") and c.find("failure") is not None for c in root.iter("testcase"))
@@ -191,4 +221,4 @@ def test_blocked_variant_still_certified(workspace, built):
         prompts.write_text(PROMPTS % "(?s).*")
     proc = snakemake(workspace, "results/report.md", "--config", "tier=smoke")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "blocked" not in _evidence(workspace) and ("certify_model", MODEL) in executed(proc)
+    assert "blocked" not in _evidence(workspace) and ("certify", MODEL) in executed(proc)

@@ -183,14 +183,22 @@ def test_deleted_apr_is_rebuilt_without_cascade(built):
     assert nothing_to_do(built)
 
 
+def _without_timing(manifest: Path) -> dict:
+    record = json.loads(manifest.read_text())
+    record.pop("download_seconds")
+    record["gates"] = [g for g in record["gates"] if g["id"] != "D6"]
+    return record
+
+
 @pytest.mark.slow
 def test_deleted_manifest_is_rebuilt_alone(built):
     manifest = built / f"results/download/{MODEL}/manifest.json"
-    before = manifest.read_bytes()
+    before = _without_timing(manifest)
     manifest.unlink()
     proc = snakemake(built)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert _jobs(proc) == [f"download {MODEL}"] and manifest.read_bytes() == before
+    # the same files, commit and checksums; only the measured download time (D6) differs
+    assert _jobs(proc) == [f"download {MODEL}"] and _without_timing(manifest) == before
     assert nothing_to_do(built)
 
 

@@ -70,18 +70,19 @@ def test_fingerprints_cover_exactly_their_variant_codec():
 
 def _evidence(tmp_path, *gates) -> Path:
     path = tmp_path / "evidence.json"
-    path.write_text(json.dumps({"gates": [dict(id=i, name=n, passed=p, measured=m, threshold=t, level=l, message="")
-                                          for i, n, p, m, t, l in gates]}))
+    path.write_text(json.dumps({"gates": [dict(id=i, name=n, passed=p, measured=m, threshold=t, level=lv, message="")
+                                          for i, n, p, m, t, lv in gates]}))
     return path
 
 
 @pytest.mark.parametrize("policy, level, stops", [
     ("stop-on-p0", "fail", False), ("stop-on-p0", "halt", True), ("stop-on-first", "fail", True),
-    ("collect-all", "halt", False),
+    ("collect-all", "halt", True), ("collect-all", "fail", False),
 ])
 def test_gate_enforcement_and_policies(tmp_path, capsys, policy, level, stops):
     state, marker = tmp_path / "andon", tmp_path / "ok"
-    ev = _evidence(tmp_path, ("T2", "latency", False, 9.0, "< 5", "warn"), ("T4", "accuracy", False, 0.2, "> 0.5", level))
+    ev = _evidence(tmp_path, ("T2", "latency", False, 9.0, "< 5", "warn"),
+                   ("T4", "accuracy", False, 0.2, "> 0.5", level))
     rc = andon.enforce(ev, "evaluate", "m/q4_0", state, policy, marker)
     assert rc == (3 if level == "halt" else 1) and not marker.exists()
     err = capsys.readouterr().err
@@ -94,7 +95,8 @@ def test_warnings_only_pass_and_clear_old_events(tmp_path):
     state, marker = tmp_path / "andon", tmp_path / "ok"
     bad = _evidence(tmp_path, ("V1", "loads", False, "no", "yes", "fail"))
     assert andon.enforce(bad, "validate", "m/f16", state, "stop-on-p0", marker) == 1
-    good = _evidence(tmp_path, ("V1", "loads", True, "yes", "yes", "fail"), ("T5", "equiv", False, 0.8, ">= 0.9", "warn"))
+    good = _evidence(tmp_path, ("V1", "loads", True, "yes", "yes", "fail"),
+                     ("T5", "equiv", False, 0.8, ">= 0.9", "warn"))
     assert andon.enforce(good, "validate", "m/f16", state, "stop-on-p0", marker) == 0
     assert marker.exists() and andon.load_events(state) == []
 

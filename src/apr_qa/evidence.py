@@ -1,6 +1,6 @@
 """Evidence records: one per quality gate, the unit every stage reports and the workflow enforces.
 
-Levels follow spec §9.2 (Jidoka escalation): `warn` flags and continues, `fail` skips this
+Levels escalate (Jidoka: stop on a defect): `warn` flags and continues, `fail` skips this
 model/variant, `halt` stops the line.
 """
 
@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 from .fsutil import write_text_atomic
 

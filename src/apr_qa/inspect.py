@@ -48,9 +48,9 @@ def describe(reader: AprReader) -> dict[str, Any]:
                for e in reader.entries]
     by_dtype: Counter[str] = Counter()
     count_by_dtype: Counter[str] = Counter()
-    for t in tensors:
-        by_dtype[t["dtype"]] += t["bytes"]
-        count_by_dtype[t["dtype"]] += 1
+    for e in reader.entries:
+        by_dtype[e.dtype.name] += e.size
+        count_by_dtype[e.dtype.name] += 1
     return {
         "path": str(reader.path),
         "file_bytes": reader.file_size,
@@ -69,7 +69,7 @@ def describe(reader: AprReader) -> dict[str, Any]:
         "tensors": tensors,
         "totals": {
             "tensor_count": len(tensors),
-            "parameter_count": sum(math.prod(t["shape"]) for t in tensors),
+            "parameter_count": sum(math.prod(e.shape) for e in reader.entries),
             "tensor_bytes": sum(by_dtype.values()),
             "bytes_by_dtype": dict(sorted(by_dtype.items())),
             "tensors_by_dtype": dict(sorted(count_by_dtype.items())),

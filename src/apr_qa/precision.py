@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-KL_EPS = 1e-10  # spec §6.3: added to both normalized distributions to avoid log(0)
+KL_EPS = 1e-10  # added to both normalized distributions to avoid log(0)
 
 
 @dataclass(frozen=True)
@@ -17,7 +17,7 @@ class TensorStats:
     max: float
 
     @classmethod
-    def of(cls, x: np.ndarray) -> "TensorStats":
+    def of(cls, x: np.ndarray) -> TensorStats:
         x64 = x.astype(np.float64, copy=False).ravel()
         return cls(float(x64.mean()), float(x64.std()), float(x64.min()), float(x64.max()))
 
@@ -31,7 +31,7 @@ class Comparison:
 
 
 def kl_divergence_abs(p: np.ndarray, q: np.ndarray) -> float:
-    """Spec §6.3: D_KL(P||Q) with P, Q the tensors' absolute values normalized to sum 1, plus eps."""
+    """D_KL(P||Q) with P, Q the tensors' absolute values normalized to sum 1, plus eps."""
     a = np.abs(p.astype(np.float64, copy=False).ravel())
     b = np.abs(q.astype(np.float64, copy=False).ravel())
     sa, sb = a.sum(), b.sum()

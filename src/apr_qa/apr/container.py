@@ -89,7 +89,7 @@ class Header:
         return raw[: _CRC_FIELD.start] + struct.pack("<I", header_crc(raw)) + raw[_CRC_FIELD.stop :]
 
     @classmethod
-    def unpack(cls, raw: bytes) -> "Header":
+    def unpack(cls, raw: bytes) -> Header:
         (magic, major, minor, flags, count, meta_off, meta_size, index_off, data_off, crc,
          reserved) = _HEADER.unpack(raw)
         return cls((major, minor), flags, count, meta_off, meta_size, index_off, data_off, crc,

@@ -79,7 +79,7 @@ class AprReader:
     # -- parsing -------------------------------------------------------------------------------
 
     def _read_header(self) -> Header:
-        raw = self._mm[:HEADER_SIZE]
+        raw = self._mapping()[:HEADER_SIZE]
         h = Header.unpack(raw)
         if h.magic != MAGIC:
             raise self._error(f"bad magic {h.magic.hex(' ')} (expected {MAGIC.hex(' ')}, 'APR\\0'): "
@@ -111,7 +111,7 @@ class AprReader:
 
     def _read_metadata(self) -> dict[str, Any]:
         start = self.header.metadata_offset
-        raw = self._mm[start : start + self.header.metadata_size]
+        raw = self._mapping()[start : start + self.header.metadata_size]
         try:
             meta = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -136,7 +136,7 @@ class AprReader:
             if pos + size > end:
                 raise self._error(f"tensor index entry {len(entries)} runs past the index region "
                                   f"(into the data at byte {end})")
-            values = struct.unpack_from(fmt, self._mm, pos)
+            values = struct.unpack_from(fmt, self._mapping(), pos)
             pos += size
             return values
 
@@ -210,10 +210,13 @@ class AprReader:
 
     def raw(self, name: str) -> np.ndarray:
         """The stored bytes of one tensor: a read-only uint8 view into the mapping (no copy)."""
+        mapping, e = self._mapping(), self.entry(name)
+        return np.frombuffer(mapping, np.uint8, e.size, self.header.data_offset + e.offset)
+
+    def _mapping(self) -> mmap.mmap:
         if self._mm is None:
             raise self._error("reader is closed")
-        e = self.entry(name)
-        return np.frombuffer(self._mm, np.uint8, e.size, self.header.data_offset + e.offset)
+        return self._mm
 
     def close(self) -> None:
         if self._mm is not None:
@@ -223,7 +226,7 @@ class AprReader:
                 pass  # arrays from raw() still view the mapping; it is unmapped when they are freed
             self._mm = None
 
-    def __enter__(self) -> "AprReader":
+    def __enter__(self) -> AprReader:
         return self
 
     def __exit__(self, *exc) -> None:

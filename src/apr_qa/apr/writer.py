@@ -77,7 +77,7 @@ class AprWriter:
             raise FormatError(f"tensor {e.name!r} has a negative dimension {shape}", self.path)
         return TensorEntry(e.name, e.dtype, shape, offset, e.dtype.nbytes(shape))
 
-    def __enter__(self) -> "AprWriter":
+    def __enter__(self) -> AprWriter:
         with contextlib.ExitStack() as stack:
             tmp = stack.enter_context(atomic_path(self.path))
             self._file = stack.enter_context(open(tmp, "w+b"))
@@ -95,12 +95,14 @@ class AprWriter:
         if isinstance(data, np.ndarray):
             if not data.flags.c_contiguous:
                 raise ValueError(f"tensor {name!r}: array must be C-contiguous")
-            data = data.reshape(-1).view(np.uint8)
-        if len(data) != entry.size:
-            raise FormatError(f"tensor {name!r} has {len(data)} bytes, expected {entry.size} for "
+            payload: bytes | memoryview = data.reshape(-1).view(np.uint8).data
+        else:
+            payload = data
+        if len(payload) != entry.size:
+            raise FormatError(f"tensor {name!r} has {len(payload)} bytes, expected {entry.size} for "
                               f"{entry.dtype.name} {entry.shape}", self.path)
         self._file.seek(self.data_offset + entry.offset)
-        self._file.write(data)
+        self._file.write(payload)
         self._written.add(name)
 
     def __exit__(self, exc_type, exc, tb) -> bool:

@@ -87,5 +87,5 @@ def family_for_gguf(gguf_arch: Any, path: Any = None) -> type[Architecture]:
     return _BY_GGUF_ARCH[gguf_arch]
 
 
-__all__ = ["Architecture", "Hyperparams", "UnsupportedArchitecture", "architecture_for", "families", "family_for_gguf", "family_of",
-           "register", "supported"]
+__all__ = ["Architecture", "Hyperparams", "UnsupportedArchitecture", "architecture_for", "families", "family_for_gguf",
+           "family_of", "register", "supported"]

@@ -128,10 +128,10 @@ class Albert(Architecture):
                 qkv = [p + f"attention.{n}" for n in ("query", "key", "value")]
                 group.append(EncoderLayer(
                     qkv=w.fused([n + ".weight" for n in qkv]), qkv_bias=w.fused([n + ".bias" for n in qkv]),
-                    out=w.get(p + "attention.dense.weight"), out_bias=w.get(p + "attention.dense.bias"),
+                    out=w.get(p + "attention.dense.weight"), out_bias=w.dense(p + "attention.dense.bias"),
                     attn_norm=w.norm(p + "attention.LayerNorm"),
-                    inter=w.get(p + "ffn.weight"), inter_bias=w.get(p + "ffn.bias"),
-                    down=w.get(p + "ffn_output.weight"), down_bias=w.get(p + "ffn_output.bias"),
+                    inter=w.get(p + "ffn.weight"), inter_bias=w.dense(p + "ffn.bias"),
+                    down=w.get(p + "ffn_output.weight"), down_bias=w.dense(p + "ffn_output.bias"),
                     out_norm=w.norm(p + "full_layer_layer_norm"),
                 ))
             groups.append(group)
@@ -140,10 +140,10 @@ class Albert(Architecture):
         mapping = p0 + "encoder.embedding_hidden_mapping_in"
         weights = EncoderWeights(
             word=w.get(p0 + "embeddings.word_embeddings.weight"),
-            position=w.get(p0 + "embeddings.position_embeddings.weight"),
-            token_type=w.get(p0 + "embeddings.token_type_embeddings.weight"),
+            position=w.dense(p0 + "embeddings.position_embeddings.weight"),
+            token_type=w.dense(p0 + "embeddings.token_type_embeddings.weight"),
             embed_norm=w.norm(p0 + "embeddings.LayerNorm"), layers=layers,
-            projection=(w.get(mapping + ".weight"), w.get(mapping + ".bias")))
+            projection=(w.get(mapping + ".weight"), w.dense(mapping + ".bias")))
         tokenizer = Tokenizer(source.tokenizer_json, source.tokenizer_config, self.config, source.path)
         return EncoderModel(self.hp, weights, tokenizer, self.config, device, dtype,
                             pooling_mode(getattr(source, "pooling_config", None)))

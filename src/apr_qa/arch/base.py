@@ -172,7 +172,7 @@ class Architecture:
         return gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH[cls.gguf_arch]] if cls.gguf_arch else None
 
     @cached_property
-    def _name_map(self) -> "gguf.TensorNameMap | None":
+    def _name_map(self) -> gguf.TensorNameMap | None:
         import gguf
 
         if self.gguf_arch is None:
@@ -206,7 +206,7 @@ class Architecture:
         raise UnsupportedError(f"{cls.family} models cannot be read from GGUF")
 
     # --- GGUF export (the inverse of config_from_gguf) -----------------------------------------
-    def write_gguf_metadata(self, writer: "gguf.GGUFWriter") -> list[str]:
+    def write_gguf_metadata(self, writer: gguf.GGUFWriter) -> list[str]:
         """Write the `{arch}.*` keys llama.cpp's convert_hf_to_gguf.py writes for this family; return
         what llama.cpp will not reproduce. UnsupportedError for forms llama.cpp cannot run."""
         raise UnsupportedError(f"{self.family} has no llama.cpp GGUF architecture", self.path)
@@ -216,7 +216,7 @@ class Architecture:
         return {}
 
     # --- runtime ------------------------------------------------------------------------------
-    def build(self, source: Any, device: "torch.device", dtype: "torch.dtype") -> Any:
+    def build(self, source: Any, device: torch.device, dtype: torch.dtype) -> Any:
         raise NotImplementedError
 
     # --- derived --------------------------------------------------------------------------------
@@ -276,7 +276,7 @@ def partial_rotary_factor(config: dict[str, Any], default: float = 1.0) -> float
     return float(params.get("partial_rotary_factor", config.get("partial_rotary_factor", default)))
 
 
-def write_gguf_basics(writer: "gguf.GGUFWriter", hp: Hyperparams, kv_heads: bool = True) -> None:
+def write_gguf_basics(writer: gguf.GGUFWriter, hp: Hyperparams, kv_heads: bool = True) -> None:
     """The keys convert_hf_to_gguf.py's TextModel.set_gguf_parameters writes for every family, from the
     normalised hyperparameters (so the true values even where a family's converter hard-codes one,
     e.g. Falcon's context 2048 or GPT-2's 4 * n_embd feed-forward): counts, lengths, the norm epsilon
@@ -296,7 +296,7 @@ def write_gguf_basics(writer: "gguf.GGUFWriter", hp: Hyperparams, kv_heads: bool
         writer.add_rope_freq_base(hp.rope_theta)
 
 
-def write_gguf_rope_scaling(writer: "gguf.GGUFWriter", hp: Hyperparams, family: str) -> None:
+def write_gguf_rope_scaling(writer: gguf.GGUFWriter, hp: Hyperparams, family: str) -> None:
     """Linear scaling as TextModel writes it; other scalings have no llama.cpp key (llama3's factors
     travel as a tensor, see Llama) and are refused rather than silently dropped."""
     import gguf

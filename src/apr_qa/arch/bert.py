@@ -122,16 +122,16 @@ class Bert(Architecture):
             qkv = [p + f"attention.self.{n}" for n in ("query", "key", "value")]
             layers.append(EncoderLayer(
                 qkv=w.fused([n + ".weight" for n in qkv]), qkv_bias=w.fused([n + ".bias" for n in qkv]),
-                out=w.get(p + "attention.output.dense.weight"), out_bias=w.get(p + "attention.output.dense.bias"),
+                out=w.get(p + "attention.output.dense.weight"), out_bias=w.dense(p + "attention.output.dense.bias"),
                 attn_norm=w.norm(p + "attention.output.LayerNorm"),
-                inter=w.get(p + "intermediate.dense.weight"), inter_bias=w.get(p + "intermediate.dense.bias"),
-                down=w.get(p + "output.dense.weight"), down_bias=w.get(p + "output.dense.bias"),
+                inter=w.get(p + "intermediate.dense.weight"), inter_bias=w.dense(p + "intermediate.dense.bias"),
+                down=w.get(p + "output.dense.weight"), down_bias=w.dense(p + "output.dense.bias"),
                 out_norm=w.norm(p + "output.LayerNorm"),
             ))
         weights = EncoderWeights(
             word=w.get(p0 + "embeddings.word_embeddings.weight"),
-            position=w.get(p0 + "embeddings.position_embeddings.weight"),
-            token_type=w.get(p0 + "embeddings.token_type_embeddings.weight") if self.type_vocab_size else None,
+            position=w.dense(p0 + "embeddings.position_embeddings.weight"),
+            token_type=w.dense(p0 + "embeddings.token_type_embeddings.weight") if self.type_vocab_size else None,
             embed_norm=w.norm(p0 + "embeddings.LayerNorm"), layers=layers)
         tokenizer = Tokenizer(source.tokenizer_json, source.tokenizer_config, self.config, source.path)
         return EncoderModel(self.hp, weights, tokenizer, self.config, device, dtype,

@@ -94,15 +94,15 @@ class DistilBert(Architecture):
             qkv = [p + f"attention.{n}_lin" for n in ("q", "k", "v")]
             layers.append(EncoderLayer(
                 qkv=w.fused([n + ".weight" for n in qkv]), qkv_bias=w.fused([n + ".bias" for n in qkv]),
-                out=w.get(p + "attention.out_lin.weight"), out_bias=w.get(p + "attention.out_lin.bias"),
+                out=w.get(p + "attention.out_lin.weight"), out_bias=w.dense(p + "attention.out_lin.bias"),
                 attn_norm=w.norm(p + "sa_layer_norm"),
-                inter=w.get(p + "ffn.lin1.weight"), inter_bias=w.get(p + "ffn.lin1.bias"),
-                down=w.get(p + "ffn.lin2.weight"), down_bias=w.get(p + "ffn.lin2.bias"),
+                inter=w.get(p + "ffn.lin1.weight"), inter_bias=w.dense(p + "ffn.lin1.bias"),
+                down=w.get(p + "ffn.lin2.weight"), down_bias=w.dense(p + "ffn.lin2.bias"),
                 out_norm=w.norm(p + "output_layer_norm"),
             ))
         weights = EncoderWeights(
             word=w.get(p0 + "embeddings.word_embeddings.weight"),
-            position=w.get(p0 + "embeddings.position_embeddings.weight"),
+            position=w.dense(p0 + "embeddings.position_embeddings.weight"),
             embed_norm=w.norm(p0 + "embeddings.LayerNorm"), layers=layers, token_type=None)
         tokenizer = Tokenizer(source.tokenizer_json, source.tokenizer_config, self.config, source.path)
         return EncoderModel(self.hp, weights, tokenizer, self.config, device, dtype,

@@ -190,7 +190,7 @@ class Falcon(Architecture):
             layers.append(DecoderLayer(
                 attn_norm=w.norm(p + attn_norm),
                 qkv=w.get(qkv + ".weight")[order].contiguous(),
-                qkv_bias=w.get(qkv + ".bias")[order].contiguous() if hp.attention_bias else None,
+                qkv_bias=w.dense(qkv + ".bias")[order].contiguous() if hp.attention_bias else None,
                 o=w.get(p + "self_attention.dense.weight"), o_bias=w.get_optional(p + "self_attention.dense.bias"),
                 mlp_norm=w.norm(p + mlp_norm) if mlp_norm else None,
                 up=w.get(p + "mlp.dense_h_to_4h.weight"), up_bias=w.get_optional(p + "mlp.dense_h_to_4h.bias"),

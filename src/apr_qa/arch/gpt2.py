@@ -11,7 +11,7 @@ Two checkpoint quirks are made canonical on the way in:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -35,8 +35,8 @@ def _reject(config: dict[str, Any], family: str, **unsupported: Any) -> None:
 
 @register
 class GPT2(Architecture):
-    hf_names = ("GPT2LMHeadModel", "GPT2Model")
-    model_types = ("gpt2",)
+    hf_names: ClassVar[tuple[str, ...]] = ("GPT2LMHeadModel", "GPT2Model")
+    model_types: ClassVar[tuple[str, ...]] = ("gpt2",)
     gguf_arch = "GPT2"
     family = "GPT-2"
     default_activation = "gelu_new"
@@ -78,8 +78,8 @@ class GPT2(Architecture):
         }
         for i in range(hp.num_layers):
             p = f"transformer.h.{i}."
-            for name, shape in (("ln_1", (hidden,)), ("ln_2", (hidden,))):
-                out[p + name + ".weight"], out[p + name + ".bias"] = shape, shape
+            for name in ("ln_1", "ln_2"):
+                out[p + name + ".weight"] = out[p + name + ".bias"] = (hidden,)
             for name, shape in (("attn.c_attn", (qkv_rows, hidden)), ("attn.c_proj", (hidden, hidden)),
                                 ("mlp.c_fc", (inter, hidden)), ("mlp.c_proj", (hidden, inter))):
                 out[p + name + ".weight"], out[p + name + ".bias"] = shape, shape[:1]
@@ -165,15 +165,15 @@ class GPT2(Architecture):
             layers.append(DecoderLayer(
                 attn_norm=w.norm(p + "ln_1"),
                 qkv=self.qkv_rows(w.get(p + "attn.c_attn.weight")).contiguous(),
-                qkv_bias=self.qkv_rows(w.get(p + "attn.c_attn.bias")).contiguous(),
-                o=w.get(p + "attn.c_proj.weight"), o_bias=w.get(p + "attn.c_proj.bias"),
+                qkv_bias=self.qkv_rows(w.dense(p + "attn.c_attn.bias")).contiguous(),
+                o=w.get(p + "attn.c_proj.weight"), o_bias=w.dense(p + "attn.c_proj.bias"),
                 mlp_norm=w.norm(p + "ln_2"),
-                up=w.get(p + "mlp.c_fc.weight"), up_bias=w.get(p + "mlp.c_fc.bias"),
-                down=w.get(p + "mlp.c_proj.weight"), down_bias=w.get(p + "mlp.c_proj.bias"),
+                up=w.get(p + "mlp.c_fc.weight"), up_bias=w.dense(p + "mlp.c_fc.bias"),
+                down=w.get(p + "mlp.c_proj.weight"), down_bias=w.dense(p + "mlp.c_proj.bias"),
             ))
         embed = w.get("transformer.wte.weight")
         weights = DecoderWeights(embed=embed, layers=layers, final_norm=w.norm("transformer.ln_f"),
                                  lm_head=embed if hp.tied_embeddings else w.get("lm_head.weight"),
-                                 positions=w.get("transformer.wpe.weight"))
+                                 positions=w.dense("transformer.wpe.weight"))
         tokenizer = Tokenizer(source.tokenizer_json, source.tokenizer_config, self.config, source.path)
         return DecoderModel(hp, weights, tokenizer, self.config, device, dtype)

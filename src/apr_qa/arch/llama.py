@@ -4,7 +4,7 @@ biases. GGUF: llama.cpp's converter permutes llama's (not Qwen2's) Q/K rows for 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -16,8 +16,8 @@ from .base import (Architecture, Hyperparams, gguf_hparams, gguf_special_tokens,
 
 @register
 class Llama(Architecture):
-    hf_names = ("LlamaForCausalLM", "MistralForCausalLM")
-    model_types = ("llama", "mistral")
+    hf_names: ClassVar[tuple[str, ...]] = ("LlamaForCausalLM", "MistralForCausalLM")
+    model_types: ClassVar[tuple[str, ...]] = ("llama", "mistral")
     gguf_arch = "LLAMA"
     family = "Llama"
     qkv_bias_always = False

@@ -170,7 +170,7 @@ class MobileBert(Architecture):
         p0 = self.prefix
 
         def linear(name: str) -> tuple[Any, Any]:
-            return w.get(name + ".weight"), w.get(name + ".bias")
+            return w.get(name + ".weight"), w.dense(name + ".bias")
 
         def bottleneck(name: str) -> Bottleneck:
             return Bottleneck(linear(name + ".dense"), w.norm(name + ".LayerNorm"))
@@ -193,8 +193,8 @@ class MobileBert(Architecture):
             ))
         e = p0 + "embeddings."
         weights = MobileBertWeights(
-            word=w.get(e + "word_embeddings.weight"), position=w.get(e + "position_embeddings.weight"),
-            token_type=w.get(e + "token_type_embeddings.weight"), embed_norm=w.norm(e + "LayerNorm"), layers=layers,
+            word=w.get(e + "word_embeddings.weight"), position=w.dense(e + "position_embeddings.weight"),
+            token_type=w.dense(e + "token_type_embeddings.weight"), embed_norm=w.norm(e + "LayerNorm"), layers=layers,
             transformation=linear(e + "embedding_transformation") if self.transformation_used else None,
             trigram=self.trigram, bottleneck_attention=self.bottleneck_attention)
         tokenizer = Tokenizer(source.tokenizer_json, source.tokenizer_config, self.config, source.path)

@@ -125,14 +125,14 @@ class Phi(Architecture):
             layers.append(DecoderLayer(
                 attn_norm=w.norm(p + "input_layernorm"),
                 qkv=w.fused([n + ".weight" for n in qkv]), qkv_bias=w.fused([n + ".bias" for n in qkv]),
-                o=w.get(p + "self_attn.dense.weight"), o_bias=w.get(p + "self_attn.dense.bias"),
+                o=w.get(p + "self_attn.dense.weight"), o_bias=w.dense(p + "self_attn.dense.bias"),
                 mlp_norm=None,  # the MLP reads input_layernorm's output too
-                up=w.get(p + "mlp.fc1.weight"), up_bias=w.get(p + "mlp.fc1.bias"),
-                down=w.get(p + "mlp.fc2.weight"), down_bias=w.get(p + "mlp.fc2.bias"),
+                up=w.get(p + "mlp.fc1.weight"), up_bias=w.dense(p + "mlp.fc1.bias"),
+                down=w.get(p + "mlp.fc2.weight"), down_bias=w.dense(p + "mlp.fc2.bias"),
             ))
         embed = w.get("model.embed_tokens.weight")
         weights = DecoderWeights(embed=embed, layers=layers, final_norm=w.norm("model.final_layernorm"),
                                  lm_head=embed if hp.tied_embeddings else w.get("lm_head.weight"),
-                                 lm_head_bias=w.get("lm_head.bias"))
+                                 lm_head_bias=w.dense("lm_head.bias"))
         tokenizer = Tokenizer(source.tokenizer_json, source.tokenizer_config, self.config, source.path)
         return DecoderModel(hp, weights, tokenizer, self.config, device, dtype)

@@ -1,13 +1,13 @@
 """G4: is a model's output garbage?
 
-The tool's four signals (validation-anchors.md) with our precise definitions:
+Four signals, with precise definitions:
 - repetition: 1 - distinct/total over the lower-cased word 3-grams; > 0.3 is garbage (needs >= 4
   trigrams, i.e. >= 6 words; a degenerate loop "the the the ..." scores near 1, prose near 0);
 - fewer than 10 distinct characters, and Shannon entropy of the characters < 1.0 bit: both judged
   only on outputs of >= 20 characters, since a right short answer ("4", "Paris") is not garbage;
 - non-printable characters: C0/C1 controls other than tab/newline/CR, unassigned or private-use
   code points, surrogates, U+FFFD (a byte sequence the tokenizer could not decode).
-Plus one signal of ours for the wrong-layout token salad of the guide's LAYOUT-002 pitfall
+Plus one signal for the token salad a wrong tensor layout produces
 ("olumbia+lsi nunca/localENTS"): malformed words, words glueing two letter runs with + / \\ |
 or switching from a lower-case run to an upper-case run ("localENTS"); > 0.3 of the words
 (at least 2 words) is garbage. Numbers the runtime returns (embeddings) must be finite.

@@ -18,7 +18,8 @@ from .mqs import category_of, outcome_of
 
 
 def _classname(stage: str, r: Evidence) -> str:
-    return f"apr_qa.{stage}.{category_of(r)}" if "scenario" in r.details or r.details.get("category") else f"apr_qa.{stage}"
+    categorized = "scenario" in r.details or r.details.get("category")
+    return f"apr_qa.{stage}.{category_of(r)}" if categorized else f"apr_qa.{stage}"
 
 
 def build(suites: list[tuple[str, str, list[Evidence]]]) -> ET.Element:

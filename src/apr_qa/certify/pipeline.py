@@ -10,6 +10,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -56,9 +57,10 @@ def derived_records(records: list[Evidence], playbook: dict[str, Any], reference
         for (variant, backend, prompt), rs in _completed(records, modality).items():
             if greedy and len(rs) > 1:
                 distinct = {tuple(r.details["token_ids"]) for r in rs}
+                outputs = [r.details["output"][:40] for r in rs[:3]]
                 out.append(Evidence(f"STAB:determinism:{variant}/{backend}/{modality}/{prompt}", "greedy reruns agree",
-                                    len(distinct) == 1, f"{len(distinct)} distinct outputs in {len(rs)} runs", 1, "fail",
-                                    "" if len(distinct) == 1 else f"outputs: {[r.details['output'][:40] for r in rs[:3]]}",
+                                    len(distinct) == 1, f"{len(distinct)} distinct outputs in {len(rs)} runs", 1,
+                                    "fail", "" if len(distinct) == 1 else f"outputs: {outputs}",
                                     {"category": "STAB"}))
     # REGR: each variant's first greedy token equals the reference variant's (I-5 style).
     if reference and greedy:
@@ -67,7 +69,8 @@ def derived_records(records: list[Evidence], playbook: dict[str, Any], reference
             if variant == reference or not ref or not ref[0].details["token_ids"] or not rs[0].details["token_ids"]:
                 continue
             mine, theirs = rs[0].details["token_ids"][0], ref[0].details["token_ids"][0]
-            out.append(Evidence(f"REGR:first-token:{variant}/{backend}/{prompt}", f"first token agrees with {reference}",
+            out.append(Evidence(f"REGR:first-token:{variant}/{backend}/{prompt}",
+                                f"first token agrees with {reference}",
                                 mine == theirs, mine, theirs, "fail",
                                 "" if mine == theirs else f"{variant} {rs[0].details['output'][:40]!r} vs "
                                                           f"{reference} {ref[0].details['output'][:40]!r}",
@@ -84,7 +87,8 @@ def derived_records(records: list[Evidence], playbook: dict[str, Any], reference
                                 "" if same else "the HTTP server and the run modality disagree", {"category": "COMP"}))
     # PERF: median decode throughput per variant and backend.
     minimum = playbook["thresholds"].get("min_tokens_per_s", 0.0)
-    variant_format = {r.details["scenario"]["variant"]: r.details.get("format") for r in records if "scenario" in r.details}
+    variant_format = {r.details["scenario"]["variant"]: r.details.get("format")
+                      for r in records if "scenario" in r.details}
     tps: dict[tuple, list[float]] = defaultdict(list)
     for (variant, backend, _), rs in run.items():
         tps[(variant, backend)] += [r.details["metrics"]["decode_tokens_per_s"] for r in rs
@@ -92,7 +96,8 @@ def derived_records(records: list[Evidence], playbook: dict[str, Any], reference
     for (variant, backend), values in tps.items():
         median = statistics.median(values)
         out.append(Evidence(f"PERF:tokens-per-s:{variant}/{backend}", "decode throughput", median >= minimum,
-                            round(median, 3), minimum, "warn", "" if median >= minimum else "decode slower than the tier minimum",
+                            round(median, 3), minimum, "warn",
+                            "" if median >= minimum else "decode slower than the tier minimum",
                             {"category": "PERF", "variant": variant, "backend": backend,
                              "format": variant_format.get(variant), "tokens_per_s": median, "samples": len(values)}))
     return out
@@ -126,7 +131,7 @@ def size_category(parameters: int | None) -> str:
 
 
 def certify(model_id: str, playbook: dict[str, Any], variants: list[Variant], output: str | Path, *,
-            family: str | None = None, parameters: int | None = None, extra_evidence: list[str | Path] = (),
+            family: str | None = None, parameters: int | None = None, extra_evidence: Sequence[str | Path] = (),
             source_index: dict[str, Any] | None = None, policy: str | None = None,
             child: list[str] | None = None, server: list[str] | None = None) -> tuple[list[Evidence], MqsScore]:
     started = time.time()

@@ -16,6 +16,7 @@ import yaml
 
 from .. import yamlsafe
 from ..errors import AprQaError
+from ..evaluation.prompts import PLAYBOOK_CATEGORIES, parse_prompt
 from .scenarios import Limits, Scenario
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[3] / "config" / "playbooks"
@@ -71,6 +72,8 @@ def load_playbook(name_or_path: str | Path, templates: Path | None = None) -> di
         where = "/".join(map(str, e.path)) or "(top level)"
         raise AprQaError(f"invalid playbook at {where}: {e.message}"
                          + (f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""), path)
+    playbook["prompts"] = [parse_prompt(p, i, path, require_pattern=False, categories=PLAYBOOK_CATEGORIES).to_dict()
+                           for i, p in enumerate(playbook["prompts"])]
     return playbook
 
 

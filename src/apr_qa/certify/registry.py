@@ -1,4 +1,4 @@
-"""The certification registry: results/models.csv (the guide's 20 columns) and the README table.
+"""The certification registry: results/models.csv (20 columns, one row per model) and the README table.
 
 export_csv reads certify evidence files and upserts one row per model (other rows are kept);
 sync_readme rewrites the table between the two markers of a Markdown file. Both write atomically
@@ -38,7 +38,8 @@ def row_from_evidence(path: str | Path) -> dict[str, str]:
     best: dict[str, float] = {}
     for r in records:
         d = r.details
-        if r.id.startswith("PERF:tokens-per-s:") and d.get("format") in _FORMAT_KEY and d.get("backend") in _BACKEND_KEY:
+        if (r.id.startswith("PERF:tokens-per-s:") and d.get("format") in _FORMAT_KEY
+                and d.get("backend") in _BACKEND_KEY):
             col = f"tps_{_FORMAT_KEY[d['format']]}_{_BACKEND_KEY[d['backend']]}"
             best[col] = max(best.get(col, 0.0), float(d["tokens_per_s"]))
     row.update({k: f"{v:.2f}" for k, v in best.items()})

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import selectors
 import signal
 import subprocess
@@ -23,8 +22,10 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
+from ..evaluation.prompts import matches
 from ..evidence import Evidence
 from . import garbage
 
@@ -41,7 +42,7 @@ class Scenario:
     path: str
     backend: str
     modality: str          # run | chat | serve
-    prompt: dict[str, Any]  # id, input (or turns), expected_pattern?, category (QUAL | EDGE)
+    prompt: dict[str, Any]  # apr_qa.evaluation.prompts.Prompt.to_dict(): id, input, turns?, expected_pattern?, category
     run: int = 1
     max_new_tokens: int = 16
     temperature: float = 0.0
@@ -94,7 +95,7 @@ def judge(s: Scenario, result: dict[str, Any]) -> Outcome:
     if verdict.garbage:
         return Outcome("fail", "generate", "garbage: " + "; ".join(verdict.reasons), extra)
     pattern = s.prompt.get("expected_pattern")
-    if pattern and not re.search(pattern, text, re.DOTALL):
+    if not matches(pattern, text):
         return Outcome("fail", "generate", f"output does not match /{pattern}/", extra)
     return Outcome("pass", "generate", "", extra)
 
@@ -115,7 +116,8 @@ def is_p0(r: Evidence) -> bool:
     """A gateway-class failure: crash, load failure, no output or garbage (stop-on-p0 halts on these)."""
     d = r.details
     return d["outcome"] == "crash" or (d["outcome"] != "pass" and (
-        d["stage"] == "load" or d.get("category") != "EDGE" and (not d.get("output") or d.get("garbage", {}).get("garbage"))))
+        d["stage"] == "load"
+        or d.get("category") != "EDGE" and (not d.get("output") or d.get("garbage", {}).get("garbage"))))
 
 
 def should_stop(policy: str, r: Evidence) -> bool:
@@ -178,6 +180,7 @@ def run_group(scenarios: list[Scenario], limits: Limits, on_record: Callable[[Ev
             with open(err_path, "wb") as err:
                 proc = subprocess.Popen(child or CHILD, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
             job = {"model": pending[0].path, "backend": pending[0].backend, "scenarios": [asdict(s) for s in pending]}
+            assert proc.stdin is not None  # stdin=PIPE
             try:
                 proc.stdin.write(json.dumps(job).encode())
                 proc.stdin.close()
@@ -254,7 +257,8 @@ def run_serve_group(scenarios: list[Scenario], limits: Limits, on_record: Callab
                 s = pending[0]
                 try:
                     body = _post(f"{base}/v1/completions", {"prompt": s.prompt["input"], "max_tokens": s.max_new_tokens,
-                                                           "temperature": s.temperature, "seed": s.seed}, s.timeout_s + limits.kill_grace_s)
+                                                           "temperature": s.temperature, "seed": s.seed},
+                                 s.timeout_s + limits.kill_grace_s)
                     choice = body["choices"][0]
                     result = {"event": "result", "text": choice["text"], "finish_reason": choice["finish_reason"],
                               "token_ids": choice.get("token_ids", [])}
@@ -304,7 +308,7 @@ def run_matrix(scenarios: list[Scenario], policy: str = "collect-all", limits: L
     for s in scenarios:
         groups.setdefault((s.variant, s.backend, s.modality == "serve"), []).append(s)
     cuda = None
-    for (variant, backend, serve), group in groups.items():
+    for (_variant, backend, serve), group in groups.items():
         if stopped:
             break
         if backend == "cuda":

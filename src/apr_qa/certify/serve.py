@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 MAX_BODY_BYTES = 1 << 20     # a chat prompt far longer than any context we serve still fits
 MAX_TOKENS_LIMIT = 1024      # per request; the model's context length may refuse sooner
@@ -319,7 +319,7 @@ def serve(model_path: str, host: str = "127.0.0.1", port: int = 0, device: str =
     model = load_model(model_path, device=device, weights=weights)
     engine = Engine(model, model_id or default_model_id(model_path), timeout_s, max_tokens_limit)
     server = make_server(engine, host, port, max_body_bytes=max_body_bytes, socket_timeout_s=socket_timeout_s)
-    h, p = server.server_address[:2]
+    h, p = cast(tuple[str, int], server.server_address[:2])  # an AF_INET server
     sys.stdout.write(json.dumps({"event": "listening", "url": f"http://{h}:{p}", "model": engine.model_id}) + "\n")
     sys.stdout.flush()
     try:

@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--family", help="model family for the registry")
     p.add_argument("--evidence", type=Path, action="append", default=[],
                    help="evidence JSON of other stages (validate, eval, download) to include in the score")
-    p.add_argument("--source-index", type=Path, help="model.safetensors.index.json (Five Whys name the shard of a missing tensor)")
+    p.add_argument("--source-index", type=Path,
+                   help="model.safetensors.index.json (Five Whys name the shard of a missing tensor)")
     p.add_argument("--failure-policy", choices=["stop-on-first", "stop-on-p0", "collect-all", "fail-fast"],
                    help="override the playbook's policy")
     p.add_argument("--dry-run", action="store_true", help="print the scenario plan and exit")
@@ -48,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_junit)
 
     p = sub.add_parser("pareto", help="Pareto frontier of variants: table, value scores, PNG/SVG plot")
-    p.add_argument("input", type=Path, help="certify evidence JSON, or a JSON list of {name, accuracy, latency_s, size_bytes, cost?}")
+    p.add_argument("input", type=Path,
+                   help="certify evidence JSON, or a JSON list of {name, accuracy, latency_s, size_bytes, cost?}")
     p.add_argument("--png", type=Path)
     p.add_argument("--svg", type=Path)
     p.add_argument("--json", type=Path, help="write the analysis rows here")
@@ -61,7 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pareto-png", type=Path, help="plot to embed (written here when absent)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server for a model (/v1/completions, /v1/chat/completions)")
+    p = sub.add_parser("serve",
+                       help="OpenAI-compatible HTTP server for a model (/v1/completions, /v1/chat/completions)")
     p.add_argument("model", type=Path)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed on stdout)")
@@ -91,7 +94,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         for g in s.gateways:
             if not g.passed:
                 print(f"  {g.id}: {g.reason}")
-        print("categories: " + "  ".join(f"{k} {c.points}/{c.max} ({c.passed}/{c.total})" for k, c in s.categories.items()))
+        print("categories: " + "  ".join(f"{k} {c.points}/{c.max} ({c.passed}/{c.total})"
+                                         for k, c in s.categories.items()))
         if s.penalty:
             print(f"penalty: {s.penalty} ({s.crashes} crashes, {s.timeouts} timeouts)")
     return 0
@@ -113,12 +117,13 @@ def cmd_certify(args: argparse.Namespace) -> int:
             source_index = json.loads(args.source_index.read_text())
         except (OSError, ValueError) as exc:
             raise AprQaError(f"cannot read source index: {exc}", args.source_index) from None
-    records, s = certify(args.model_id, playbook, variants, args.output, family=args.family,
+    records, score = certify(args.model_id, playbook, variants, args.output, family=args.family,
                          extra_evidence=args.evidence, source_index=source_index, policy=args.failure_policy)
     threshold = playbook["thresholds"]["mqs_pass"]
-    print(f"{args.model_id}: MQS {s.raw} ({s.normalized:.1f}, {s.grade}) {s.status}; tier {playbook['tier']} "
-          f"{'passed' if s.tier_passed(threshold) else 'NOT passed'} (needs {threshold}) -> {args.output}", file=sys.stderr)
-    return 0 if s.tier_passed(threshold) else 1
+    print(f"{args.model_id}: MQS {score.raw} ({score.normalized:.1f}, {score.grade}) {score.status}; tier "
+          f"{playbook['tier']} {'passed' if score.tier_passed(threshold) else 'NOT passed'} (needs {threshold}) "
+          f"-> {args.output}", file=sys.stderr)
+    return 0 if score.tier_passed(threshold) else 1
 
 
 def cmd_export_csv(args: argparse.Namespace) -> int:
@@ -172,7 +177,8 @@ def _pareto_points(path: Path):
 def cmd_pareto(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from ..certify.pareto import analyze, plot
+    from ..certify.pareto import analyze
+    from ..certify.plots import pareto_plot
     from ..fsutil import write_text_atomic
 
     points = _pareto_points(args.input)
@@ -185,15 +191,15 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     if args.json:
         write_text_atomic(args.json, json.dumps(rows, indent=2) + "\n")
     if args.png or args.svg:
-        plot(points, args.png or args.svg.with_suffix(".png"), args.svg)
+        pareto_plot(points, args.png or args.svg.with_suffix(".png"), args.svg)
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ..certify.html_report import markdown_sections, write_html
-    from ..certify.pareto import analyze, plot, points_from_certify
+    from ..certify.html_report import write_reports
+    from ..certify.pareto import analyze, points_from_certify
+    from ..certify.plots import pareto_plot
     from ..certify.pipeline import load_records
-    from ..fsutil import write_text_atomic
 
     ctx, records = load_records(args.evidence)
     if "mqs" not in ctx:
@@ -201,11 +207,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     points = points_from_certify(ctx, records)
     png = args.pareto_png
     if points and png and not png.exists():
-        plot(points, png)
-    if args.markdown:
-        write_text_atomic(args.markdown, markdown_sections(ctx, records, analyze(points)))
-    if args.html:
-        write_html(args.html, ctx, records, png if png and png.exists() else None)
+        pareto_plot(points, png)
+    write_reports(ctx, records, analyze(points), args.markdown, args.html, png if png and png.exists() else None)
     return 0
 
 

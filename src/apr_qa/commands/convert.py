@@ -56,17 +56,18 @@ def cmd_convert(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             raise AprQaError(f"cannot read manifest: {exc}", args.manifest) from None
     result = convert(args.source, args.output, args.quant, allow_pickle=args.unsafe_allow_pickle, manifest=manifest)
+    size_bytes = result.output.stat().st_size
     summary = {
         "output": str(result.output), "quant": result.quant, "tensors": result.tensor_count,
         "param_count": result.param_count, "seconds": round(result.seconds, 3),
-        "size_bytes": result.output.stat().st_size, "dtype_counts": result.dtype_counts, "notes": result.notes,
+        "size_bytes": size_bytes, "dtype_counts": result.dtype_counts, "notes": result.notes,
     }
     if args.json:
         from ..fsutil import write_text_atomic
 
         write_text_atomic(args.json, json.dumps(summary, indent=2) + "\n")
     print(f"{result.output}: {result.tensor_count} tensors, {result.param_count:,} parameters, "
-          f"{summary['size_bytes'] / 1e6:.1f} MB, {result.seconds:.1f} s", file=sys.stderr)
+          f"{size_bytes / 1e6:.1f} MB, {result.seconds:.1f} s", file=sys.stderr)
     return 0
 
 

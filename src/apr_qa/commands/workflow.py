@@ -1,5 +1,5 @@
 """Workflow commands the Snakemake rules call: download, verify-checksums, checksum, fingerprint,
-gate, andon, summarize, report, hub-mirror."""
+gate, andon, summarize, report, hub-mirror; and sync-generated (docs/gates.md, schema enums)."""
 
 from __future__ import annotations
 
@@ -71,10 +71,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         s.add_argument("--state", type=Path, default=DEFAULT_STATE)
         s.set_defaults(func=fn)
 
-    p = sub.add_parser("summarize", help="certify stage: one model/variant's status across all stages")
+    p = sub.add_parser("summarize", help="one model/variant's status across the stages (the Andon board's row), "
+                       "from the files given")
     p.add_argument("--model", required=True)
     p.add_argument("--variant", required=True)
-    p.add_argument("--results", type=Path, default=Path("results"))
+    for name, what in (("manifest", "download manifest"), ("apr", ".apr file"), ("apr-record", ".apr checksum record"),
+                       ("conversion", "conversion record"), ("validation", "validate evidence"),
+                       ("evaluation", "evaluate evidence")):
+        p.add_argument(f"--{name}", type=Path, required=True, help=f"the variant's {what} (may be missing)")
+    p.add_argument("--andon-state", type=Path, help="Andon state folder: its events mark failed stages red")
     p.add_argument("--fingerprint", action="append", default=[], metavar="STAGE:HASH")
     p.add_argument("--json", type=Path, required=True)
     p.set_defaults(func=cmd_summarize)
@@ -85,7 +90,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--variants", required=True, help="comma-separated variants")
     p.add_argument("--prompts", type=Path, help="golden prompt set (its sha256 is reported)")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--usd-per-device-hour", type=float, help="price of the evaluation device: the Pareto cost axis")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("gates", help="the gate catalogue: every gate, its stage, level, threshold and gateway")
+    p.add_argument("--markdown", action="store_true", help="print docs/gates.md")
+    p.set_defaults(func=cmd_gates)
+
+    p = sub.add_parser("sync-generated", help="rewrite docs/gates.md and the config schemas' variant enums "
+                       "from the gate catalogue and the quantization registry")
+    p.add_argument("--root", type=Path, default=Path("."), help="repository root (default: here)")
+    p.add_argument("--check", action="store_true", help="only report stale files (exit 1 when there are any)")
+    p.set_defaults(func=cmd_sync_generated)
 
     p = sub.add_parser("hub-mirror", help="serve local folders as a HuggingFace-compatible hub")
     p.add_argument("repos", nargs="+", metavar="ORG/NAME=FOLDER")
@@ -105,7 +121,8 @@ def cmd_download(args: argparse.Namespace) -> int:
 
     spec = ModelSpec(args.model_id or args.repo.split("/")[-1], args.repo, args.revision, args.files,
                      args.unsafe_allow_pickle, parse_pins(args.sha256))
-    manifest = download(spec, Options(args.cache_dir, args.max_size_gb, args.retries, args.backoff))
+    manifest = download(spec, Options(args.cache_dir, args.max_size_gb, args.retries, args.backoff,
+                                        lease_holder=str(args.manifest.resolve())))
     write_text_atomic(args.manifest, json.dumps(manifest, indent=2) + "\n")
     if manifest["status"] == "ok":
         print(f"{spec.repo}@{manifest['commit']}: {len(manifest['files'])} files, "
@@ -204,10 +221,13 @@ def cmd_andon_reset(args: argparse.Namespace) -> int:
 
 def cmd_summarize(args: argparse.Namespace) -> int:
     from ..fsutil import write_text_atomic
-    from ..workflow.certify import summarize
+    from ..workflow.summary import stage_events, summarize
 
     fps = dict(f.split(":", 1) for f in args.fingerprint)
-    summary = summarize(args.results, args.model, args.variant, fps)
+    files = {"manifest": args.manifest, "apr": args.apr, "apr_record": args.apr_record, "conversion": args.conversion,
+             "validation": args.validation, "evaluation": args.evaluation}
+    events = stage_events(args.andon_state) if args.andon_state else None
+    summary = summarize(files, args.model, args.variant, fps, events)
     write_text_atomic(args.json, json.dumps(summary, indent=2) + "\n")
     print(f"{args.model}/{args.variant}: {summary['status']}", file=sys.stderr)
     return 0
@@ -216,8 +236,34 @@ def cmd_summarize(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from ..workflow.report import write_report
 
-    status = write_report(args.results, args.models.split(","), args.variants.split(","), args.out, args.prompts)
+    status = write_report(args.results, args.models.split(","), args.variants.split(","), args.out, args.prompts,
+                          args.usd_per_device_hour)
     print(f"{args.out}: {status}", file=sys.stderr)
+    return 0
+
+
+def cmd_gates(args: argparse.Namespace) -> int:
+    from ..gate_catalogue import GATES, markdown
+
+    if args.markdown:
+        print(markdown(), end="")
+        return 0
+    for g in GATES:
+        print(f"{g.id:4} {g.stage:9} {g.level:5} {g.gateway or '-':3} {g.category or '-':4} "
+              f"{g.measures}: {g.threshold}")
+    return 0
+
+
+def cmd_sync_generated(args: argparse.Namespace) -> int:
+    from ..workflow.generated import stale, sync
+
+    if args.check:
+        files = stale(args.root)
+        for rel in files:
+            print(f"{rel}: out of date (run `apr-qa sync-generated`)", file=sys.stderr)
+        return 1 if files else 0
+    for rel in sync(args.root):
+        print(f"{rel}: rewritten", file=sys.stderr)
     return 0
 
 

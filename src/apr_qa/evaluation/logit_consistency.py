@@ -1,7 +1,8 @@
 """Behavioural equivalence of a model and its reference, computed from logits.
 
 Three views, each a pure function of tensors so it can be tested without a runtime:
-- spec section 7.4: top-k agreement on the next-token logits, exactly as the spec's Rust code;
+- top-k agreement on the next-token logits: per prompt, half the share of the reference's top-k
+  tokens that are also in the model's top-k, plus half the share whose logits differ by <= a tolerance;
 - llama.cpp `--kl-divergence` statistics over every position (KLD, same top-1, delta-p, PPL);
 - invariant I-1: greedy generations compared token by token.
 """
@@ -10,7 +11,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -19,7 +21,7 @@ from . import stats
 
 @dataclass(frozen=True)
 class AgreementConfig:
-    """The spec's LogitConsistencyChecker defaults."""
+    """k = 10, logits within 0.1, and 90 % both per prompt and across prompts."""
 
     top_k: int = 10
     logit_tolerance: float = 0.1
@@ -29,14 +31,14 @@ class AgreementConfig:
 def top_k(logits: torch.Tensor, k: int) -> list[tuple[int, float]]:
     """The k largest (token, logit) pairs, descending; ties keep index order like Rust's stable sort."""
     values, order = torch.sort(logits.float(), descending=True, stable=True)
-    return [(int(i), float(v)) for i, v in zip(order[:k].tolist(), values[:k].tolist())]
+    return [(int(i), float(v)) for i, v in zip(order[:k].tolist(), values[:k].tolist(), strict=True)]
 
 
 def spec_agreement(orig: Sequence[tuple[int, float]], conv: Sequence[tuple[int, float]],
                    k: int, tolerance: float) -> float:
     """0.5 * |token overlap| / k + 0.5 * |shared tokens whose logits differ <= tolerance| / k."""
     orig_tokens = {idx for idx, _ in orig}
-    conv_values = {}
+    conv_values: dict[int, float] = {}
     for idx, val in conv:
         conv_values.setdefault(idx, val)  # Rust's `find` takes the first match
     overlap = len(orig_tokens & conv_values.keys())
@@ -47,9 +49,10 @@ def spec_agreement(orig: Sequence[tuple[int, float]], conv: Sequence[tuple[int, 
 
 def spec_consistency(prompt_ids: Sequence[str], reference_next: Sequence[torch.Tensor],
                      model_next: Sequence[torch.Tensor], config: AgreementConfig = AgreementConfig()) -> dict:
-    """Spec 7.4 `verify`: a prompt agrees when its score >= min_agreement; pass when the share of
+    """A prompt agrees when its top-k agreement score >= min_agreement; pass when the share of
     agreeing prompts >= min_agreement. Inputs are each prompt's last-position logits [vocab]."""
-    per_prompt, divergent = [], []
+    per_prompt: list[dict[str, Any]] = []
+    divergent: list[dict[str, Any]] = []
     for pid, ref, mod in zip(prompt_ids, reference_next, model_next, strict=True):
         ref_top, mod_top = top_k(ref, config.top_k), top_k(mod, config.top_k)
         score = spec_agreement(ref_top, mod_top, config.top_k, config.logit_tolerance)
@@ -61,7 +64,7 @@ def spec_consistency(prompt_ids: Sequence[str], reference_next: Sequence[torch.T
     agreeing = len(per_prompt) - len(divergent)
     rate = agreeing / len(per_prompt) if per_prompt else 0.0
     return {
-        "method": "spec-7.4 top-k agreement on the next-token logits",
+        "method": "top-k agreement on the next-token logits",
         "top_k": config.top_k,
         "logit_tolerance": config.logit_tolerance,
         "min_agreement": config.min_agreement,
@@ -139,7 +142,7 @@ def kld_summary(ps: PositionStats) -> dict:
             "max": max(ps.delta_p), "min": min(ps.delta_p),
             **stats.percentiles(ps.delta_p, stats.DELTA_P_PERCENTILES),
         }
-        ln_ratio = [m - r for m, r in zip(ps.nll_model, ps.nll_reference)]
+        ln_ratio = [m - r for m, r in zip(ps.nll_model, ps.nll_reference, strict=True)]
         mean_ln_ratio = stats.mean(ln_ratio)
         result["perplexity"] = {
             "model": math.exp(stats.mean(ps.nll_model)),
@@ -155,7 +158,7 @@ def kld_summary(ps: PositionStats) -> dict:
 def greedy_identity(model_ids: Sequence[int], reference_ids: Sequence[int]) -> dict:
     """I-1: inference(convert(m)) == inference(m), compared on greedy token ids."""
     model_ids, reference_ids = list(model_ids), list(reference_ids)
-    first = next((i for i, (a, b) in enumerate(zip(model_ids, reference_ids)) if a != b), None)
+    first = next((i for i, (a, b) in enumerate(zip(model_ids, reference_ids, strict=False)) if a != b), None)
     if first is None and len(model_ids) != len(reference_ids):
         first = min(len(model_ids), len(reference_ids))
     return {"identical": first is None, "first_divergence": first,

@@ -37,7 +37,7 @@ class PeakMemory:
         while not self._stop.wait(self.interval_s):
             self._sample()
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self.rss_before = self.rss_peak = self._process.memory_info().rss
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

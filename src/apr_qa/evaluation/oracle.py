@@ -56,9 +56,9 @@ def run_oracle(source: str | Path, texts: list[str]) -> dict[str, Any]:
     if not batch:
         raise UnsupportedError(f"every text is longer than the model's {limit} positions", source)
     mine = ours.logits(batch) if ours.kind == "decoder" else ours.hidden_states(batch)
-    per_text = []
+    per_text: list[dict[str, Any]] = []
     with torch.inference_mode():
-        for text, ids, got in zip(texts, batch, mine):
+        for text, ids, got in zip(texts, batch, mine, strict=True):
             out = reference(torch.tensor([ids]))
             want = (out.logits if ours.kind == "decoder" else out.last_hidden_state)[0].float()
             diff = float((got.float() - want).abs().max())

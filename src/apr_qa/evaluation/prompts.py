@@ -1,4 +1,5 @@
-"""The golden prompt set (spec section 7.2): load, validate, and fingerprint it.
+"""Prompts: the one prompt schema and expected-output matcher, and the golden prompt set (load,
+validate, fingerprint). Playbook prompts (apr_qa.certify.playbooks) use the same schema and matcher.
 
 Every evaluation records the file's sha256, so a result can always be traced to the exact prompts.
 """
@@ -13,21 +14,39 @@ from typing import Any
 from ..errors import FormatError
 from ..fsutil import sha256_file
 
-REQUIRED_PROMPT_KEYS = ("id", "input", "expected_pattern", "category")
+# One prompt schema for the golden sets (`apr-qa eval`) and the playbooks' scenarios (`apr-qa certify`).
+REQUIRED_PROMPT_KEYS = ("id", "input", "category")
+OPTIONAL_PROMPT_KEYS = ("expected_pattern", "turns", "source", "difficulty")
+PLAYBOOK_CATEGORIES = ("QUAL", "EDGE")  # a playbook prompt's MQS category
+_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def matches(pattern: str | None, text: str) -> bool:
+    """The expected-output matcher: a regex search anywhere in the output, `.` matching newlines.
+    No pattern matches anything."""
+    return pattern is None or re.search(pattern, text, re.DOTALL) is not None
 
 
 @dataclass(frozen=True)
-class GoldenPrompt:
+class Prompt:
     id: str
     input: str
-    expected_pattern: str
     category: str
+    expected_pattern: str | None = None
+    turns: tuple[str, ...] | None = None  # chat: user turns sent one after another through the chat template
     source: str | None = None
     difficulty: str | None = None
 
     def matches(self, text: str) -> bool:
-        """The spec's `prompt.matches(output)`: a regex search anywhere in the continuation."""
-        return re.search(self.expected_pattern, text, re.DOTALL) is not None
+        return matches(self.expected_pattern, text)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The prompt as its YAML entry (the fields that are set)."""
+        out = {k: getattr(self, k) for k in (*REQUIRED_PROMPT_KEYS, *OPTIONAL_PROMPT_KEYS)
+               if getattr(self, k) is not None}
+        if self.turns is not None:
+            out["turns"] = list(self.turns)
+        return out
 
 
 @dataclass(frozen=True)
@@ -43,7 +62,7 @@ class GoldenSet:
     sha256: str
     version: str
     metadata: dict[str, Any]
-    prompts: list[GoldenPrompt]
+    prompts: list[Prompt]
     paraphrase_pairs: list[TextPair] = field(default_factory=list)
     unrelated_pairs: list[TextPair] = field(default_factory=list)
 
@@ -74,19 +93,42 @@ def _text(entry: dict, key: str, where: str, path: Path) -> str:
     return value
 
 
-def _prompt(entry: Any, index: int, path: Path) -> GoldenPrompt:
+def parse_prompt(entry: Any, index: int, path: Path, *, require_pattern: bool = True,
+                 categories: tuple[str, ...] | None = None) -> Prompt:
+    """One prompt entry, checked: a FormatError names the file, the entry and the problem."""
     where = f"prompts[{index}]"
     if not isinstance(entry, dict):
         raise FormatError(f"{where}: expected a mapping, got {type(entry).__name__}", path)
     if isinstance(entry.get("id"), str):
         where += f" (id {entry['id']!r})"
-    fields = {key: _text(entry, key, where, path) for key in REQUIRED_PROMPT_KEYS}
-    try:
-        re.compile(fields["expected_pattern"], re.DOTALL)
-    except re.error as exc:
-        raise FormatError(f"{where}: invalid expected_pattern regex: {exc}", path) from None
-    optional = {k: str(entry[k]) for k in ("source", "difficulty") if entry.get(k) is not None}
-    return GoldenPrompt(**fields, **optional)
+    keys = ("id", "category", "expected_pattern") if require_pattern else ("id", "category")
+    fields: dict[str, Any] = {key: _text(entry, key, where, path) for key in keys}
+    # an edge case may send nothing at all; every other prompt asks something
+    if fields["category"] == "EDGE" and entry.get("input") == "":
+        fields["input"] = ""
+    else:
+        fields["input"] = _text(entry, "input", where, path)
+    unknown = sorted(set(entry) - {*REQUIRED_PROMPT_KEYS, *OPTIONAL_PROMPT_KEYS}, key=str)
+    if unknown:
+        raise FormatError(f"{where}: unknown key {unknown[0]!r} (known: "
+                          f"{', '.join((*REQUIRED_PROMPT_KEYS, *OPTIONAL_PROMPT_KEYS))})", path)
+    if not _ID.match(fields["id"]):
+        raise FormatError(f"{where}: id may use only letters, digits, '_', '.' and '-'", path)
+    if categories is not None and fields["category"] not in categories:
+        raise FormatError(f"{where}: category must be one of {', '.join(categories)}", path)
+    if entry.get("expected_pattern") is not None:
+        fields["expected_pattern"] = _text(entry, "expected_pattern", where, path)
+        try:
+            re.compile(fields["expected_pattern"], re.DOTALL)
+        except re.error as exc:
+            raise FormatError(f"{where}: invalid expected_pattern regex: {exc}", path) from None
+    if entry.get("turns") is not None:
+        turns = entry["turns"]
+        if not isinstance(turns, list) or not turns or not all(isinstance(t, str) for t in turns):
+            raise FormatError(f"{where}: 'turns' must be a non-empty list of strings", path)
+        fields["turns"] = tuple(turns)
+    fields.update({k: str(entry[k]) for k in ("source", "difficulty") if entry.get(k) is not None})
+    return Prompt(**fields)
 
 
 def _pairs(section: dict, key: str, path: Path) -> list[TextPair]:
@@ -123,7 +165,7 @@ def load_golden(path: str | Path) -> GoldenSet:
     entries = doc.get("prompts")
     if not isinstance(entries, list) or not entries:
         raise FormatError("'prompts' must be a non-empty list", path)
-    prompts = [_prompt(entry, i, path) for i, entry in enumerate(entries)]
+    prompts = [parse_prompt(entry, i, path) for i, entry in enumerate(entries)]
 
     section = doc.get("embedding") or {}
     if not isinstance(section, dict):

@@ -6,7 +6,7 @@ Kept free of torch so it can be tested on hand-computed values.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 # llama.cpp `--kl-divergence` prints these percentiles (in percent).
 KLD_PERCENTILES = (99.9, 99.0, 95.0, 90.0, 50.0, 10.0, 5.0, 1.0, 0.1)
@@ -130,7 +130,7 @@ def pearson(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     if n < 2:
         return None
     mx, my = mean(xs), mean(ys)
-    sxy = math.fsum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    sxy = math.fsum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
     sxx = math.fsum((x - mx) ** 2 for x in xs)
     syy = math.fsum((y - my) ** 2 for y in ys)
     if sxx == 0 or syy == 0:

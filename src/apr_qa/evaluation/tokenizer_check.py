@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 # Whitespace, normalization and multi-byte cases where tokenizer ports usually break.
 EDGE_CASES = (

@@ -117,6 +117,7 @@ class DecoderModel:
         """ALiBi as an additive SDPA mask: slope_h * (position of the key), pre-scaled because SDPA
         scales only q.k (transformers adds it before scaling)."""
         total = start + length
+        assert self.alibi_slopes is not None  # called for ALiBi models only
         if key_valid is None:
             key_valid = torch.ones((batch, total), dtype=torch.bool, device=self.device)
         key_pos = ((key_valid.long().cumsum(-1) - 1) * key_valid.long())[:, None, None, :]
@@ -149,7 +150,9 @@ class DecoderModel:
         if self.positions is not None:
             x = x + F.embedding(positions, self.positions)
         cos_sin = self.rotary.cos_sin(positions) if self.rotary is not None else None
+        masks: dict[int | None, torch.Tensor | None]
         if slot is not None:
+            assert key_valid is not None and cache is not None  # static decoding attends over the whole cache
             masks = {window: self._static_mask(key_valid, slot, window) for window in set(self.windows)}
         else:
             masks = {window: attention_mask(key_valid, start, length, window) for window in set(self.windows)}
@@ -165,7 +168,7 @@ class DecoderModel:
             q = qk[:, :, :heads].transpose(1, 2)
             k = qk[:, :, heads:].transpose(1, 2)
             v = qkv[..., (heads + kv_heads) * dim:].unflatten(-1, (kv_heads, dim)).transpose(1, 2)
-            if slot is not None:
+            if cache is not None and slot is not None:
                 k, v = cache.store_at(i, slot, k, v)
             elif cache is not None:
                 k, v = cache.store(i, start, k, v)
@@ -178,6 +181,7 @@ class DecoderModel:
                 x = x + (self._mlp(layer, mlp_in) + attn)
             else:
                 x = x + attn
+                assert layer.mlp_norm is not None  # only parallel-residual layers may lack it
                 x = x + self._mlp(layer, self._norm(x, layer.mlp_norm))
         if cache is not None and slot is None:
             cache.length = start + length

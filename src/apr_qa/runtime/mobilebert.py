@@ -77,17 +77,18 @@ class MobileBertModel(EncoderModel):
     def __init__(self, hp: Hyperparams, weights: MobileBertWeights, tokenizer: Tokenizer, config: dict[str, Any],
                  device: torch.device, dtype: torch.dtype, pooling: str = "mean"):
         super().__init__(hp, weights, tokenizer, config, device, dtype, pooling)  # type: ignore[arg-type]
-        self.w: MobileBertWeights = weights
+        # MobileBERT's weights have their own layout; every base method that reads self.w is overridden.
+        self.w: MobileBertWeights = weights  # type: ignore[assignment]
 
     def _prepare_linears(self, device: torch.device) -> None:
-        def prepared(lin: Linear | None) -> Linear | None:
-            return None if lin is None else (prepare_linear(lin[0], device), lin[1])
+        def prepared(lin: Linear) -> Linear:
+            return prepare_linear(lin[0], device), lin[1]
 
         def bottleneck(b: Bottleneck | None) -> Bottleneck | None:
             return None if b is None else Bottleneck(prepared(b.dense), b.norm)
 
         w = self.w
-        w.transformation = prepared(w.transformation)
+        w.transformation = None if w.transformation is None else prepared(w.transformation)
         for layer in w.layers:
             layer.query, layer.key, layer.value = prepared(layer.query), prepared(layer.key), prepared(layer.value)
             layer.attn_out = prepared(layer.attn_out)

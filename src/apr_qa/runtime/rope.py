@@ -19,7 +19,8 @@ def _default(dims: int, base: float) -> torch.Tensor:
     return 1.0 / (base ** (torch.arange(0, dims, 2, dtype=torch.int64).float() / dims))
 
 
-def inverse_frequencies(params: dict[str, Any], dims: int, max_positions: int, seq_len: int | None = None) -> torch.Tensor:
+def inverse_frequencies(params: dict[str, Any], dims: int, max_positions: int,
+                        seq_len: int | None = None) -> torch.Tensor:
     kind, base = params["rope_type"], float(params["rope_theta"])
     if kind == "default":
         return _default(dims, base)

@@ -71,5 +71,6 @@ class StaticStep:
             return self._run()
         if self.graph is None:
             self._capture()
+        assert self.graph is not None and self.logits is not None  # both set by _capture
         self.graph.replay()
         return self.logits

@@ -51,41 +51,55 @@ class WeightLoader:
         return name in self.shapes
 
     def get(self, name: str, shape: tuple[int, ...] | None = None) -> torch.Tensor | BlockMatrix:
+        """A matrix the runtime multiplies by: kept in its blocks in "packed" mode, floats otherwise."""
+        self._check(name, shape)
+        if self.packed and len(self.shapes[name]) == 2 and self.stored[name] in {d.name for d in PACKED_DTYPES}:
+            raw = self.source.load_raw(name)
+            if raw is not None and raw.dtype in PACKED_DTYPES:
+                return BlockMatrix.from_raw(raw.dtype, raw.data, self.shapes[name], self.dtype, self.device)
+        return self._floats(name)
+
+    def dense(self, name: str, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        """A tensor the runtime adds or indexes (biases, norm weights, position tables): always floats."""
+        self._check(name, shape)
+        return self._floats(name)
+
+    def get_optional(self, name: str, shape: tuple[int, ...] | None = None) -> torch.Tensor | None:
+        """An optional bias: floats, or None when the model stores none."""
+        return self.dense(name, shape) if self.has(name) else None
+
+    def norm(self, prefix: str) -> Norm:
+        """`prefix.weight` and, when stored, `prefix.bias`."""
+        return Norm(self.dense(prefix + ".weight"), self.get_optional(prefix + ".bias"))
+
+    def _check(self, name: str, shape: tuple[int, ...] | None) -> None:
         if name not in self.shapes:
             raise FormatError(f"missing tensor {name}", self.source.path)
         want = shape or self.expected.get(name)
         if want is not None and self.shapes[name] != tuple(want):
             raise FormatError(f"tensor {name} has shape {self.shapes[name]}, config implies {tuple(want)}",
                               self.source.path)
-        if self.packed and len(self.shapes[name]) == 2 and self.stored[name] in {d.name for d in PACKED_DTYPES}:
-            raw = self.source.load_raw(name)
-            if raw is not None and raw.dtype in PACKED_DTYPES:
-                return BlockMatrix.from_raw(raw.dtype, raw.data, self.shapes[name], self.dtype, self.device)
+
+    def _floats(self, name: str) -> torch.Tensor:
         array = np.ascontiguousarray(self.source.load(name), dtype=np.float32)
         return torch.from_numpy(array).to(device=self.device, dtype=self.dtype)
 
-    def get_optional(self, name: str, shape: tuple[int, ...] | None = None) -> torch.Tensor | None:
-        return self.get(name, shape) if self.has(name) else None
-
-    def norm(self, prefix: str) -> Norm:
-        """`prefix.weight` and, when stored, `prefix.bias`."""
-        return Norm(self.get(prefix + ".weight"), self.get_optional(prefix + ".bias"))
-
-    def fused(self, names: list[str], shapes: list[tuple[int, ...]] | None = None):
+    def fused(self, names: list[str], shapes: list[tuple[int, ...] | None] | None = None):
         """Concatenate along the output dim so one matmul replaces several (QKV, gate+up); blocks are
         per row, so packed weights concatenate too."""
-        shapes = shapes or [None] * len(names)  # type: ignore[list-item]
-        return stack_rows([self.get(n, s) for n, s in zip(names, shapes)])
+        return stack_rows([self.get(n, s) for n, s in zip(names, shapes or [None] * len(names), strict=True)])
 
-    def fused_optional(self, names: list[str], shapes: list[tuple[int, ...]] | None = None):
+    def fused_optional(self, names: list[str],
+                       shapes: list[tuple[int, ...] | None] | None = None) -> torch.Tensor | None:
         """Fused biases: all present, all absent (None), or a format error."""
         present = [self.has(n) for n in names]
         if not any(present):
             return None
         if not all(present):
-            missing = [n for n, p in zip(names, present) if not p]
+            missing = [n for n, p in zip(names, present, strict=True) if not p]
             raise FormatError(f"bias tensors only partly present, missing {', '.join(missing)}", self.source.path)
-        return self.fused(names, shapes)
+        parts = [self.dense(n, s) for n, s in zip(names, shapes or [None] * len(names), strict=True)]
+        return torch.cat(parts, dim=0).contiguous()
 
 
 def linear_layout(weight, device: torch.device | None = None):

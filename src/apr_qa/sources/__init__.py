@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import FormatError
-from .base import RawTensor, SourceSummary, TensorInfo, WeightSource
+from .base import ModelSource, RawTensor, SourceSummary, TensorInfo, WeightSource
 from .detect import detect_format
 
-__all__ = ["open_source", "detect_format", "WeightSource", "TensorInfo", "RawTensor", "SourceSummary"]
+__all__ = ["open_source", "detect_format", "ModelSource", "WeightSource", "TensorInfo", "RawTensor", "SourceSummary"]
 
 
-def open_source(path: str | Path, allow_pickle: bool = False) -> WeightSource:
+def open_source(path: str | Path, allow_pickle: bool = False) -> ModelSource:
     """Open a HF folder (SafeTensors or PyTorch), a .safetensors/.gguf/.bin/.pt file, presented in the
     canonical layout of its architecture (an unsupported architecture is refused here)."""
     path = Path(path)
@@ -34,7 +34,7 @@ def open_source(path: str | Path, allow_pickle: bool = False) -> WeightSource:
     return _canonical(PytorchSource(path, allow_pickle=allow_pickle))
 
 
-def _canonical(raw: WeightSource) -> WeightSource:
+def _canonical(raw: WeightSource) -> ModelSource:
     """The checkpoint through its architecture; closed again when the architecture is refused."""
     from .canonical import CanonicalSource
 

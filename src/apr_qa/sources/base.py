@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from ..dtypes import DType
+
+if TYPE_CHECKING:
+    from ..arch.base import Architecture
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,12 @@ class WeightSource(Protocol):
         """The stored payload when it is in a dtype .apr can hold unchanged, else None."""
 
     def close(self) -> None: ...
+
+
+class ModelSource(WeightSource, Protocol):
+    """A source in its architecture's canonical layout: what `open_source` returns."""
+
+    arch: Architecture
 
 
 @dataclass

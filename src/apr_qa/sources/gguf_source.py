@@ -67,15 +67,18 @@ class GGUFSource:
         self.files = [self.path]
         self.notes: list[str] = []
         self.pooling_config = None
+        self.tokenizer_json: str | None
+        self.tokenizer_config: dict[str, Any]
         check_gguf_layout(self.path)  # every count and extent bounded before gguf-py trusts them
         try:
-            self._reader = GGUFReader(self.path, "r")
-            meta = {k: f.contents() for k, f in self._reader.fields.items()}
+            reader = GGUFReader(self.path, "r")
+            meta = {k: f.contents() for k, f in reader.fields.items()}
         except Exception as e:  # gguf-py raises ValueError/IndexError/KeyError on damaged files
             raise FormatError(f"not a readable GGUF file: {type(e).__name__}: {e}", self.path) from None
+        self._reader: GGUFReader | None = reader
         self._meta = meta
         family = family_for_gguf(meta.get("general.architecture"), self.path)
-        gguf_tensors = {t.name: t for t in self._reader.tensors}
+        gguf_tensors = {t.name: t for t in reader.tensors}
         if "rope_freqs.weight" in gguf_tensors:  # llama3 scaling as llama.cpp stores it: per-pair factors
             meta = {**meta, "rope_freqs.weight": _rope_factors(gguf_tensors["rope_freqs.weight"], self.path)}
         try:
@@ -93,13 +96,14 @@ class GGUFSource:
         self._tensors: dict[str, Any] = {}
         self._infos: list[TensorInfo] = []
         self._row_order: dict[str, np.ndarray] = {}
-        for t in self._reader.tensors:
+        for t in reader.tensors:
             if t.data_offset + t.n_bytes > size:
                 raise FormatError(f"tensor {t.name!r} extends past the end of the file", self.path)
             name = names.get(t.name)
             if name is None:
                 if t.name in _DERIVED:
-                    self.notes.append(f"GGUF tensor {t.name} (derived by llama.cpp, not an HF weight) read into the config")
+                    self.notes.append(f"GGUF tensor {t.name} (derived by llama.cpp, not an HF weight) "
+                                      "read into the config")
                     continue
                 raise UnsupportedError(f"GGUF tensor {t.name!r} has no {self.arch.family} equivalent", self.path)
             shape = tuple(int(d) for d in reversed(t.shape.tolist()))

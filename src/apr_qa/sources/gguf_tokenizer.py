@@ -103,7 +103,8 @@ def build_tokenizer(meta: dict[str, Any], notes: list[str]) -> tuple[str, dict[s
 def _wordpiece(meta: dict[str, Any], phantom: list[str], types: list[int]) -> tuple[str, dict[str, Any]]:
     """BERT's WordPiece tokenizer from llama.cpp's phantom-space vocabulary."""
     # Undo BertModel.set_vocab's `phantom`: CONTROL as stored, "▁x" -> "x", "x" -> "##x".
-    tokens = [t if ty == CONTROL else t[1:] if t.startswith("\u2581") else "##" + t for t, ty in zip(phantom, types)]
+    tokens = [t if ty == CONTROL else t[1:] if t.startswith("\u2581") else "##" + t
+              for t, ty in zip(phantom, types, strict=True)]
     ids = {name: i for name, key in [("cls", "bos"), ("sep", "seperator"), ("unk", "unknown"), ("pad", "padding"),
                                      ("mask", "mask")]
            if (i := meta.get(f"tokenizer.ggml.{key}_token_id")) is not None and 0 <= i < len(tokens)}
@@ -122,7 +123,7 @@ def _wordpiece(meta: dict[str, Any], phantom: list[str], types: list[int]) -> tu
     # GGUF records no do_lower_case (llama.cpp always lower-cases); an uncased vocabulary has no
     # upper-case letters outside its CONTROL tokens and the converter's "[PAD{i}]" fillers (UNUSED),
     # so any there means the original was cased.
-    cased = any(ty not in (CONTROL, UNUSED) and t != t.lower() for t, ty in zip(tokens, types))
+    cased = any(ty not in (CONTROL, UNUSED) and t != t.lower() for t, ty in zip(tokens, types, strict=True))
     tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None,
                                                 lowercase=not cased)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -177,7 +178,7 @@ def _sentencepiece(meta: dict[str, Any], tokens: list[str]) -> Tokenizer:
         scores = meta.get("tokenizer.ggml.scores")
         if scores is None:
             raise UnsupportedError("GGUF SentencePiece tokenizer has neither merges nor scores")
-        merges = merges_from_scores(vocab, dict(zip(tokens, scores)))
+        merges = merges_from_scores(vocab, dict(zip(tokens, scores, strict=True)))
     unk_id = meta.get("tokenizer.ggml.unknown_token_id")
     unk = tokens[unk_id] if unk_id is not None and 0 <= unk_id < len(tokens) else None
     tok = Tokenizer(BPE(vocab, merges, unk_token=unk, fuse_unk=True, byte_fallback=True, dropout=None))
@@ -211,8 +212,10 @@ def _add_special_tokens(tok: Tokenizer, tokens: list[str], types: list[int], byt
     are matched whole in text instead of being cut into pieces."""
     alphabet = set(bytes_to_unicode().values()) if byte_level else None
     control = [AddedToken(t, normalized=False, special=True)
-               for t, ty in zip(tokens, types) if ty == CONTROL and (alphabet is None or set(t) <= alphabet)]
-    user = [AddedToken(t, normalized=False, special=False) for t, ty in zip(tokens, types) if ty == USER_DEFINED]
+               for t, ty in zip(tokens, types, strict=True)
+               if ty == CONTROL and (alphabet is None or set(t) <= alphabet)]
+    user = [AddedToken(t, normalized=False, special=False)
+            for t, ty in zip(tokens, types, strict=True) if ty == USER_DEFINED]
     if control:
         tok.add_special_tokens(control)
     if user:

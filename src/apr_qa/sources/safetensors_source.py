@@ -7,6 +7,7 @@ one-line FormatError naming the file, and so that BF16 can be widened without to
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import struct
@@ -92,7 +93,7 @@ class _Shard:
     def __init__(self, path: Path):
         self.path = path
         self.entries = self._read_header(path)
-        self._file = None
+        self._file: io.BufferedReader | None = None
 
     @staticmethod
     def _read_header(path: Path) -> dict[str, _Entry]:
@@ -150,7 +151,7 @@ class _Shard:
             self._file = open(self.path, "rb")
         buf = np.empty(e.end - e.begin, dtype=np.uint8)
         self._file.seek(e.begin)
-        if self._file.readinto(buf) != buf.size:
+        if self._file.readinto(buf.data) != buf.size:
             raise FormatError(f"file ends inside tensor data at offset {e.begin}", self.path)
         return buf
 

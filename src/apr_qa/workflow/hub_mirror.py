@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..fsutil import sha256_file
@@ -56,7 +57,7 @@ class HubRepo:
     files: dict[str, HubFile]
 
     @classmethod
-    def from_folder(cls, repo_id: str, folder: str | Path | list[Path]) -> "HubRepo":
+    def from_folder(cls, repo_id: str, folder: str | Path | list[Path]) -> HubRepo:
         """A repo of a folder's files, or of an explicit file list (served under their names)."""
         if isinstance(folder, list):
             found = {p.name: Path(p) for p in folder}
@@ -102,7 +103,7 @@ class HubMirror:
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
+        host, port = cast(tuple[str, int], self._server.server_address[:2])  # an AF_INET server
         return f"http://{host}:{port}"
 
     def fail_next(self, path_prefix: str, count: int = 1, status: int = 503) -> None:
@@ -129,7 +130,7 @@ class HubMirror:
                     return failure[2]
         return None
 
-    def start(self) -> "HubMirror":
+    def start(self) -> HubMirror:
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         return self
@@ -141,7 +142,7 @@ class HubMirror:
         self._server.shutdown()
         self._server.server_close()
 
-    def __enter__(self) -> "HubMirror":
+    def __enter__(self) -> HubMirror:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -185,12 +186,14 @@ def _handler(mirror: HubMirror) -> type[BaseHTTPRequestHandler]:
             self.send_response(status)
             for k, v in headers.items():
                 self.send_header(k, v)
-            self.send_header("Content-Length", str(length if length is not None else len(body)))
+            if length is None:
+                length = len(body) if isinstance(body, bytes) else body.stat().st_size
+            self.send_header("Content-Length", str(length))
             self.end_headers()
             if not send_body:
                 return
             if isinstance(body, Path):
-                left = length if length is not None else body.stat().st_size
+                left = length
                 cut = mirror._injected_cut(unquote(urlsplit(self.path).path))
                 if cut is not None:
                     left = min(left, cut)
@@ -256,7 +259,7 @@ def _handler(mirror: HubMirror) -> type[BaseHTTPRequestHandler]:
             if f.sha256 is None:
                 return self._send(200, {**commit, "ETag": f'"{f.blob_id}"', "Content-Type": "application/octet-stream"},
                                   f.path, send_body, length=f.path.stat().st_size)
-            port = self.server.server_address[1]
+            port = cast(tuple[str, int], self.server.server_address)[1]
             self._send(302, {**commit, "Location": f"http://localhost:{port}/lfs/{f.sha256}",
                              "X-Linked-Etag": f'"{f.sha256}"', "X-Linked-Size": str(f.size),
                              "ETag": f'"{f.blob_id}"'}, b"", send_body)

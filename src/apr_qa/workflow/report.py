@@ -6,28 +6,29 @@ evaluations, andon events, certifications), so the same code writes the report a
 certifications (results/certify/<model>/evidence.json) the report adds the certification table,
 the Pareto frontier of every certified variant (pareto.png/.svg next to the report, linked from the
 Markdown, embedded in the HTML) and the Five Whys of every failure. The page is assembled once as
-blocks and rendered to both Markdown and one self-contained HTML file.
+blocks and rendered to both Markdown and one self-contained HTML file (apr_qa.render).
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import os
 import platform
-import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tabulate import tabulate
-
 from ..errors import AprQaError
-from ..fsutil import atomic_path, sha256_file, write_text_atomic
+from ..fsutil import sha256_file, write_text_atomic
+from ..layout import path
+from ..render import Block, Cell, inline, to_html, to_markdown
+from ..stacks.report_section import differential_blocks, read_differentials
 from .andon import stop_reason
-from .certify import _events, paths, read_json, summarize
-from .fingerprint import STAGES as FP_STAGES, fingerprint
+from .fingerprint import STAGES as FP_STAGES
+from .fingerprint import fingerprint
+from .model_cache import report_blocks as model_cache_blocks
+from .report_sections import board_blocks, detail_blocks, figure_blocks, headline, tone
+from .summary import read_json, stage_events, summarize_results
 
 COLOUR = {"green": "green", "yellow": "YELLOW", "red": "RED", None: "-"}
 STACK = ("apr-qa", "numpy", "torch", "gguf", "safetensors", "tokenizers", "huggingface_hub", "snakemake")
@@ -64,22 +65,19 @@ def _version(dist: str) -> str:
 
 
 def _variant_rows(results: Path, models: list[str], variants: list[str]) -> list[dict[str, Any]]:
-    events = _events(results)
+    events = stage_events(path(results, "andon"))
     rows = []
     for model in models:
         for variant in variants:
-            s = summarize(results, model, variant, events=events)
-            p = paths(results, model, variant)
-            s["_convert"] = read_json(p["convert"]) or {}
-            s["_eval"] = read_json(p["evaluate"]) or {}
-            s["_validate"] = read_json(p["validate"]) or {}
-            s["_size"] = p["apr"].stat().st_size if p["apr"].exists() else None
+            s = summarize_results(results, model, variant, events)
+            wc = {"model": model, "variant": variant}
+            s["_convert"] = read_json(path(results, "conversion", **wc)) or {}
+            s["_eval"] = read_json(path(results, "evaluation", **wc)) or {}
+            s["_validate"] = read_json(path(results, "validation", **wc)) or {}
+            apr = path(results, "apr", **wc)
+            s["_size"] = apr.stat().st_size if apr.exists() else None
             rows.append(s)
     return rows
-
-
-# Blocks: ("h1"|"h2"|"h3"|"p", text) | ("table", headers, rows) | ("list", [(text, [sub items])]) | ("img", path, alt)
-Block = tuple
 
 
 def _board(results: Path, models: list[str], variants: list[str], prompts: Path | None) -> tuple[list[Block], str]:
@@ -87,14 +85,14 @@ def _board(results: Path, models: list[str], variants: list[str], prompts: Path 
     counts = {k: sum(r["status"] == k for r in rows) for k in ("CERTIFIED", "BLOCKED", "SKIPPED", "PENDING")}
     overall = "RED" if counts["BLOCKED"] else "YELLOW" if counts["SKIPPED"] or counts["PENDING"] else "GREEN"
     out: list[Block] = [("h1", "apr-qa certification report")]
-    stop = stop_reason(results / "andon")
+    stop = stop_reason(path(results, "andon"))
     if stop is not None:
         out += [("p", f"**LINE STOPPED** ({stop.get('policy')}): {stop.get('level')} in {stop.get('stage')} of "
                       f"{stop.get('subject')}: {stop.get('message')}"),
                 ("p", "Review the cause (Five Whys), then `apr-qa andon reset` to restart the line.")]
     out += [("p", f"Overall: **{overall}** - " + ", ".join(f"{v} {k.lower()}" for k, v in counts.items()))]
 
-    out += [("h2", "Status (Andon board)")]
+    out += [("h2", "Status (Andon board)"), *board_blocks(rows, models, variants)]
     table = []
     for r in rows:
         st = r["stages"]
@@ -105,13 +103,16 @@ def _board(results: Path, models: list[str], variants: list[str], prompts: Path 
             why = r.get("reason") or ""
         elif r["status"] == "PENDING":
             why = r.get("reason") or f"{r['stage']} not run"
-        table.append([r["model"], r["variant"], r["status"], *(COLOUR[st[s]["colour"]] for s in st), why])
+        stages = [Cell(COLOUR[st[s]["colour"]], st[s]["colour"] or "none") for s in st]
+        if tone(r) == "yellow":
+            why = headline(r)  # the warning gate with its expected vs actual value
+        table.append([r["model"], r["variant"], Cell(r["status"], tone(r)), *stages, why])
     out += [("table", ["model", "variant", "status", "download", "convert", "validate", "evaluate",
                        "blocking gate / reason"], table)]
 
     out += [("h2", "Metrics"), ("p", "Intervals are 95 % (Wilson for proportions, Student t for means). "
              "Accuracy: seeded sampling runs (and the greedy pass); logit consistency against the source "
-             "weights at fp32: spec 7.4 agreement rate (encoders: min embedding cosine), llama.cpp-style "
+             "weights at fp32: top-k agreement rate (encoders: min embedding cosine), llama.cpp-style "
              "mean KLD +- SE, same top-1 rate, RMS of the reference token's probability change.")]
     table = []
     for r in rows:
@@ -150,7 +151,7 @@ def _board(results: Path, models: list[str], variants: list[str], prompts: Path 
 
 def _oracle_blocks(results: Path, models: list[str]) -> list[Block]:
     """Our runtime vs transformers on each source (apr-qa oracle), when the workflow ran it."""
-    records = {m: read_json(results / "oracle" / f"{m}.json") for m in models}
+    records = {m: read_json(path(results, "oracle", model=m)) for m in models}
     rows = [[m, r.get("compared", "-"), _num(r.get("max_relative_diff")), _num(r.get("relative_limit")),
              "RED: runtime disagrees" if r.get("passed") is False else r.get("status", "-"),
              r.get("verdict") or r.get("reason", "")]
@@ -168,21 +169,23 @@ def _tail(results: Path, models: list[str], variants: list[str], prompts: Path |
     out: list[Block] = _oracle_blocks(results, models) + [("h2", "Provenance")]
     table = []
     for model in models:
-        m = read_json(paths(results, model)["manifest"]) or {}
+        m = read_json(path(results, "manifest", model=model)) or {}
         table.append([model, m.get("repo", "-"), m.get("commit", "-"), m.get("status", "not downloaded"),
                       len(m.get("files", [])), _num(m.get("total_bytes") and m["total_bytes"] / 1e6, ".1f")])
     out += [("table", ["model", "repo", "commit", "download", "files", "MB"], table)]
     if prompts is not None and prompts.exists():
         out += [("p", f"Golden set: `{prompts}` sha256 `{sha256_file(prompts)}`")]
 
+    out += model_cache_blocks([read_json(path(results, "manifest", model=m)) or {} for m in models])
     out += [("h2", "Stack")]
     table = [[stage, v or "-", fingerprint(stage, v).split(":")[1]]
              for stage, (_, _, per_variant) in FP_STAGES.items() for v in (variants if per_variant else [None])]
     out += [("table", ["stage", "variant", "fingerprint"], table)]
-    out += [("p", "Host: " + ", ".join([platform.node(), f"{platform.system()} {platform.release()}", platform.machine(),
+    out += [("p", "Host: " + ", ".join([platform.node(), f"{platform.system()} {platform.release()}",
+                                        platform.machine(),
                                         f"{os.cpu_count()} CPUs", f"Python {platform.python_version()}"])),
             ("p", "Versions: " + ", ".join(f"{d} {_version(d)}" for d in STACK)),
-            ("p", f"Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC')}")]
+            ("p", f"Generated {datetime.now(UTC).strftime('%Y-%m-%d %H:%M:%S UTC')}")]
     return out
 
 
@@ -192,10 +195,10 @@ def _certifications(results: Path, models: list[str]) -> dict[str, tuple[dict[st
 
     out = {}
     for model in models:
-        path = paths(results, model)["certification"]
-        if path.exists():
+        file = path(results, "certification", model=model)
+        if file.exists():
             try:
-                ctx, records = load_records(path)
+                ctx, records = load_records(file)
             except AprQaError:
                 continue
             if "mqs" in ctx:
@@ -208,7 +211,6 @@ MAX_WHYS_PER_MODEL = 100  # the rest stay in the evidence file and junit.xml
 
 def _certification_blocks(results: Path, models: list[str], certs: dict, out_dir: Path) -> list[Block]:
     from ..certify.mqs import GATEWAYS, category_of, outcome_of
-    from ..certify.pareto import analyze, points_from_certify
 
     out: list[Block] = [("h2", "Certification"),
                         ("p", "MQS raw 0-1000 over six categories; any failed gateway (G0-G4) zeroes it. "
@@ -216,7 +218,7 @@ def _certification_blocks(results: Path, models: list[str], certs: dict, out_dir
     table = []
     for model in models:
         if model not in certs:
-            m = read_json(paths(results, model)["manifest"]) or {}
+            m = read_json(path(results, "manifest", model=model)) or {}
             status = "SKIPPED" if m.get("status") == "skipped" else "PENDING"
             table.append([model, m.get("repo", "-"), "-", "-", "-", "-", status, *("-" for _ in GATEWAYS),
                           m.get("skip_reason") or "not certified in this run"])
@@ -238,24 +240,8 @@ def _certification_blocks(results: Path, models: list[str], certs: dict, out_dir
     out += [("table", ["model", "model id", "tier", "MQS raw", "MQS norm", "grade", "status", *GATEWAYS,
                        "blocking reason"], table)]
 
-    points, names = [], {}
-    for model, (ctx, records) in certs.items():
-        for p in points_from_certify(ctx, records):
-            named = type(p)(f"{model}/{p.name}", p.accuracy, p.latency_s, p.size_bytes, p.cost)
-            points.append(named)
-    rows = analyze(points)
-    out += [("h2", "Pareto frontier"),
-            ("p", "Accuracy (share of QUAL run scenarios passed) up, mean latency and file size down; "
-                  "value = accuracy x speed ratio against the frontier's most accurate point.")]
-    if rows:
-        out += [("table", ["variant", "accuracy", "latency s", "size MB", "frontier", "value", "dominated by"],
-                 [[r["name"], f"{r['accuracy']:.2f}", f"{r['latency_s']:.3f}", f"{r['size_bytes'] / 1e6:.1f}",
-                   "yes" if r["on_frontier"] else "no", f"{r['value_score']:.3f}", ", ".join(r["dominated_by"]) or "-"]
-                  for r in rows])]
-    else:
-        out += [("p", "No certified variant has scenario accuracy and latency to compare.")]
-    _pareto_plot(points, out_dir / "pareto.png", out_dir / "pareto.svg")
-    out += [("img", out_dir / "pareto.png", "Pareto frontier")]
+    # the Pareto frontier comes from the evaluations, tier or not (certify.andon_blocks.pareto_blocks)
+
 
     out += [("h2", "Failures and their Five Whys"),
             ("p", "Every failed gate, gateway and scenario of the certifications, with its root-cause chain "
@@ -278,87 +264,23 @@ def _certification_blocks(results: Path, models: list[str], certs: dict, out_dir
         out += [("list", items)]
         if len(failed) > MAX_WHYS_PER_MODEL:
             out += [("p", f"... and {len(failed) - MAX_WHYS_PER_MODEL} more in "
-                          f"`{paths(results, model)['certification']}`")]
+                          f"`{path(results, 'certification', model=model)}`")]
     return out
 
 
-def _pareto_plot(points: list, png: Path, svg: Path) -> None:
-    if points:
-        from ..certify.pareto import plot
-
-        plot(points, png, svg)
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 2), dpi=110)
-    ax.axis("off")
-    ax.text(0.5, 0.5, "no certified variant has accuracy and latency to compare", ha="center", va="center")
-    try:
-        for out, fmt in ((png, "png"), (svg, "svg")):
-            with atomic_path(out) as tmp:
-                fig.savefig(tmp, format=fmt)
-    finally:
-        plt.close(fig)
-
-
-def to_markdown(blocks: list[Block], base: Path) -> str:
-    out: list[str] = []
-    for b in blocks:
-        kind = b[0]
-        if kind in ("h1", "h2", "h3"):
-            out += [f"{'#' * int(kind[1])} {b[1]}", ""]
-        elif kind == "p":
-            out += [b[1], ""]
-        elif kind == "table":
-            out += [tabulate(b[2], b[1], tablefmt="github"), ""]
-        elif kind == "list":
-            for text, subs in b[1]:
-                out.append(f"- {text}")
-                out += [f"  - {s}" for s in subs]
-            out.append("")
-        elif kind == "img":
-            out += [f"![{b[2]}]({os.path.relpath(b[1], base)})", ""]
-    return "\n".join(out)
-
-
-def _inline(text: str) -> str:
-    text = html.escape(text)
-    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
-
-
-def to_html(blocks: list[Block]) -> str:
-    parts: list[str] = []
-    for b in blocks:
-        kind = b[0]
-        if kind in ("h1", "h2", "h3"):
-            parts.append(f"<{kind}>{html.escape(b[1])}</{kind}>")
-        elif kind == "p":
-            parts.append(f"<p>{_inline(b[1])}</p>")
-        elif kind == "table":  # tabulate's html format escapes every cell
-            parts.append(tabulate(b[2], b[1], tablefmt="html"))
-        elif kind == "list":
-            parts.append("<ul>" + "".join(
-                f"<li><details><summary>{_inline(t)}</summary><ol>{''.join(f'<li>{_inline(s)}</li>' for s in subs)}"
-                f"</ol></details></li>" if subs else f"<li>{_inline(t)}</li>" for t, subs in b[1]) + "</ul>")
-        elif kind == "img":
-            data = base64.b64encode(Path(b[1]).read_bytes()).decode("ascii")
-            parts.append(f'<img alt="{html.escape(b[2])}" src="data:image/png;base64,{data}">')
-    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
-             "td,th{border:1px solid #ccc;padding:2px 6px;font-size:90%;text-align:left}")
-    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>apr-qa certification report</title>"
-            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n")
-
-
 def render_blocks(results: Path, models: list[str], variants: list[str], prompts: Path | None,
-                  out_dir: Path) -> tuple[list[Block], str]:
+                  out_dir: Path, usd_per_device_hour: float | None = None) -> tuple[list[Block], str]:
+    from ..certify import andon_blocks
+
     blocks, overall = _board(results, models, variants, prompts)
+    rows = _variant_rows(results, models, variants)
+    blocks += andon_blocks.stage_five_whys(rows) + andon_blocks.pareto_blocks(rows, out_dir, usd_per_device_hour)
+    blocks += figure_blocks(rows, out_dir)
     certs = _certifications(results, models)
     if certs:
         blocks += _certification_blocks(results, models, certs, out_dir)
+    blocks += differential_blocks(read_differentials(results, models, variants))  # stacks (docs/stacks.md)
+    blocks += detail_blocks(results, rows, out_dir)
     return blocks + _tail(results, models, variants, prompts), overall
 
 
@@ -367,9 +289,10 @@ def render(results: Path, models: list[str], variants: list[str], prompts: Path 
     return to_markdown(blocks, results), overall
 
 
-def write_report(results: Path, models: list[str], variants: list[str], out: Path, prompts: Path | None) -> str:
-    """report.md at `out` and report.html beside it (plus pareto.png/.svg when there are certifications)."""
-    blocks, overall = render_blocks(results, models, variants, prompts, out.parent)
+def write_report(results: Path, models: list[str], variants: list[str], out: Path, prompts: Path | None,
+                 usd_per_device_hour: float | None = None) -> str:
+    """report.md at `out` and report.html beside it, plus pareto.png/.svg of the evaluated variants."""
+    blocks, overall = render_blocks(results, models, variants, prompts, out.parent, usd_per_device_hour)
     write_text_atomic(out, to_markdown(blocks, out.parent))
     write_text_atomic(out.with_suffix(".html"), to_html(blocks))
     return overall
@@ -397,7 +320,7 @@ def mark_not_current(out: Path, started: str) -> bool:
     except FileNotFoundError:
         return True
     if NOT_CURRENT not in page and "<body>" in page:
-        banner = f"<body>\n{NOT_CURRENT}<p style=\"background:#fdd;padding:8px\">{_inline(note)}</p>"
+        banner = f"<body>\n{NOT_CURRENT}<p style=\"background:#fdd;padding:8px\">{inline(note)}</p>"
         write_text_atomic(page_path, page.replace("<body>", banner, 1))
     return True
 

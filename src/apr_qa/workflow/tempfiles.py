@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Iterable
+from collections.abc import Iterable
 
 TEMP_NAME = re.compile(r"^\..+\.(\d+)\.tmp$")
 SKIP_DIRS = {".snakemake", ".git"}

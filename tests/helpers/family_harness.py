@@ -56,7 +56,7 @@ def decoder_matches_transformers(hf_dir: Path, tmp_path: Path, new_tokens: int =
         same += 1
     # a batch of different lengths (left padding, masks) gives the same logits as one at a time
     batch = [ours.tokenizer.encode(t) for t in PROMPTS]
-    for one, batched in zip([ours.logits([ids])[0] for ids in batch], ours.logits(batch)):
+    for one, batched in zip([ours.logits([ids])[0] for ids in batch], ours.logits(batch), strict=True):
         assert relative_diff(batched, one) <= RELATIVE_LIMIT
     assert worst <= RELATIVE_LIMIT, f"{hf_dir.name}: logits differ by {worst:.3g} of their range"
     return {"max_relative_logit_diff": worst, "greedy_identical": same}
@@ -134,4 +134,5 @@ def gguf_reads_back(hf_dir: Path, gguf_path: Path, exact: bool = True, differing
         assert b.tokenizer.encode(PROMPTS[0]) == ids
         assert relative_diff(b.logits([ids])[0], a.logits([ids])[0]) <= (RELATIVE_LIMIT if exact else 1e-2)
     else:
-        assert relative_diff(b.hidden_states([ids])[0], a.hidden_states([ids])[0]) <= (RELATIVE_LIMIT if exact else 1e-2)
+        limit = RELATIVE_LIMIT if exact else 1e-2
+        assert relative_diff(b.hidden_states([ids])[0], a.hidden_states([ids])[0]) <= limit

@@ -74,7 +74,7 @@ def add_wordpiece_vocab(writer, hf_dir, vocab_size: int, type_vocab_size: int = 
     writer.add_token_type_count(type_vocab_size)
     writer.add_tokenizer_model("bert")
     writer.add_tokenizer_pre(tokenizer_pre(tokenizer))
-    writer.add_token_list([phantom(t, ty) for t, ty in zip(tokens, types)])
+    writer.add_token_list([phantom(t, ty) for t, ty in zip(tokens, types, strict=True)])
     writer.add_token_types(types)
     gguf.SpecialVocab(hf_dir, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
 

@@ -8,7 +8,7 @@ absent or was written by the harness (marker line), never over a real cluster's,
 The daemons run in the foreground as our children and are stopped by their PIDs.
 
 Used by tests/test_slurm.py; also runnable by hand:
-    python tests/slurm_cluster.py /tmp/slurm-state     # starts a cluster, prints its env, Ctrl-C stops it
+    python tests/helpers/slurm_cluster.py /tmp/slurm-state     # starts a cluster, prints its env, Ctrl-C stops it
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ PARTITION = "debug"
 # (every init_seconds_before_status_checks, growing to 180 s) must see the final state before that.
 MIN_JOB_AGE = 600
 SYSTEM_CONF = Path("/etc/slurm/slurm.conf")
-MARKER = "# Written by apr-qa tests/slurm_cluster.py (one-node test cluster); removed when it stops.\n"
+MARKER = "# Written by apr-qa tests/helpers/slurm_cluster.py (one-node test cluster); removed when it stops.\n"
 
 
 class ClusterUnavailable(Exception):

@@ -1,0 +1,65 @@
+# Stacks under test (docs/stacks.md): every variant on each other configured stack (llama.cpp, a
+# command-line runtime), against the same reference as builtin, then its per-token logits against
+# builtin's on the same tokens (apr-qa diff-stacks, gate X1: a stack beyond the limit is flagged).
+# The stack's fingerprint is a param: upgrading llama-cpp-python, or the command's binary, reruns
+# only that stack's evaluations, their comparisons and the report.
+
+
+rule evaluate_stack:
+    input:
+        apr=cutoff(APR),
+        sha=cutoff(APR_SHA),
+        manifest=cutoff(MANIFEST),
+        validated=ancient(VALIDATED),
+        prompts=config["evaluation"]["prompts"],
+    output:
+        evaluation=STACK_EVALUATION,
+        logits=STACK_LOGITS,
+    log:
+        layout.log(RESULTS, "evaluate_stack", "{model}", "{variant}", "{stack}"),
+    benchmark:
+        layout.benchmark(RESULTS, "evaluate_stack", "{model}", "{variant}", "{stack}")
+    wildcard_constraints:
+        stack="|".join(OTHER_STACKS) or "(?!)",
+    conda:
+        "../envs/apr-qa.yaml"
+    threads: config["evaluation"].get("threads", 2)
+    resources:
+        evaluations=1,
+        mem_mb=mem_mb("evaluate"),
+    params:
+        fp=lambda wc: fingerprint("evaluate", wc.variant),  # the harness, and the reference's runtime
+        stack=lambda wc: stack_fingerprint(OTHER_STACKS[wc.stack], wc.variant),
+        spec=lambda wc: shlex.quote(OTHER_STACKS[wc.stack].to_json()),
+        apr=digest(APR_SHA, recorded_sha256),
+        weights=digest(MANIFEST, weights_digest),
+        source=source_of,
+        runs=RUNS,
+        timeout=EVAL_TIMEOUT,
+    shell:
+        # exit 1 (a gate of the stack's own evaluation failed) is evidence for the report, not a failed job
+        "(apr-qa checksum {input.apr} --expect {input.sha} && apr-qa verify-checksums {input.manifest} && "
+        "{{ apr-qa eval {input.apr} --reference {params.source} --prompts {input.prompts} --runs {params.runs} "
+        "--threads {threads} {params.timeout} --stack {params.spec} --variant {wildcards.variant} "
+        "--json {output.evaluation} --logits {output.logits} || test $? -eq 1; }}) > {log} 2>&1"
+
+
+rule diff_stacks:
+    input:
+        first=EVALUATION,
+        first_logits=BUILTIN_LOGITS,
+        second=STACK_EVALUATION,
+        second_logits=STACK_LOGITS,
+    output:
+        DIFFERENTIAL,
+    log:
+        layout.log(RESULTS, "diff_stacks", "{model}", "{variant}", "{stack}"),
+    wildcard_constraints:
+        stack="|".join(OTHER_STACKS) or "(?!)",
+    localrule: True
+    conda:
+        "../envs/apr-qa.yaml"
+    params:
+        fp=fingerprint("diff"),
+    shell:
+        "apr-qa diff-stacks {input.first} {input.second} --out {output} > {log} 2>&1"
