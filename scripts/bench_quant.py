@@ -11,6 +11,11 @@ timing anything. Each figure is the median wall time of --repeat runs, the candi
 turn within each repeat so that a busy machine slows all alike; the load average is printed.
 
     python scripts/bench_quant.py [--mb 64] [--q4k-mb 16] [--repeat 5]
+
+With --model HF_FOLDER it times whole conversions instead (`apr_qa.convert.convert` at each of
+--levels, a mixture such as q4_k_m included) next to llama.cpp's own quantizer (`llama_model_quantize`
+on our f32 GGUF export, same file type, 2 threads) when llama_cpp is importable, in MB/s of float32
+weights; llama.cpp switches rows that are not whole super-blocks to other types, the .apr pads them.
 """
 
 from __future__ import annotations
@@ -88,12 +93,53 @@ def port_bytes(dtype: DType, data: np.ndarray) -> np.ndarray:
     return out.reshape(-1)
 
 
+def bench_model(model: Path, levels: list[str], repeat: int) -> None:
+    """Whole conversions at each level, and llama.cpp quantizing the f32 export, interleaved."""
+    import tempfile
+
+    from apr_qa.convert import convert
+    from apr_qa.dtypes import QUANT_LEVELS
+    from apr_qa.gguf_export import export_gguf
+
+    with tempfile.TemporaryDirectory(prefix="bench-quant-") as tmp:
+        work = Path(tmp)
+        f32 = convert(model, work / "f32.apr", "f32")
+        mb = f32.param_count * 4 / 2**20
+        fns = {f"ours {lv}": functools.partial(convert, model, work / f"{lv}.apr", lv) for lv in levels}
+        if importlib.util.find_spec("llama_cpp") is not None:
+            spec = importlib.util.spec_from_file_location("make_q4km_golden",
+                                                          Path(__file__).with_name("make_q4km_golden.py"))
+            golden = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(golden)
+            export_gguf(f32.output, work / "f32.gguf")
+            for lv in levels:
+                fns[f"llama.cpp {lv}"] = functools.partial(golden.llamacpp_quantize, work / "f32.gguf",
+                                                           work / f"{lv}.llamacpp.gguf",
+                                                           QUANT_LEVELS[lv].gguf_file_type)
+        print(f"model {model.name}: {f32.param_count:,} parameters ({mb:.0f} MB float32); median of {repeat} "
+              f"interleaved runs, 2 threads; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+        times = {key: [] for key in fns}
+        set_threads(2)
+        for _ in range(repeat):
+            for key, fn in fns.items():
+                start = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - start)
+        for key, t in times.items():
+            print(f"{key:20} {statistics.median(t):7.2f} s {mb / statistics.median(t):8.0f} MB/s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mb", type=float, default=64, help="float32 input size in MB (default 64)")
     ap.add_argument("--q4k-mb", type=float, default=16, help="input size for the K-quants (default 16)")
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--model", type=Path, help="time whole conversions of this HF folder instead")
+    ap.add_argument("--levels", default="q4_k,q4_k_m,q6_k", help="levels for --model (default q4_k,q4_k_m,q6_k)")
     args = ap.parse_args()
+    if args.model:
+        bench_model(args.model, args.levels.split(","), args.repeat)
+        return
 
     llamacpp = load_llamacpp()
     rng = np.random.default_rng(0)

@@ -5,6 +5,7 @@ Streaming: tensors are read, encoded and appended one at a time, so peak memory 
 
 from __future__ import annotations
 
+import importlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from .fsutil import sha256_file
 from .arch import Architecture, UnsupportedArchitecture
 from .metadata import converter_info, quantization_info, typed_keys
 from .sources import open_source
-from .sources.base import TensorInfo, WeightSource
+from .sources.base import ModelSource, TensorInfo, WeightSource
 
 @dataclass
 class ConversionResult:
@@ -39,7 +40,10 @@ def target_dtype(arch: Architecture, info: TensorInfo, level: DType) -> tuple[DT
     As llama.cpp's quantizer does: 1-D tensors (norms, biases) stay F32 at every level, being tiny and
     precision-sensitive; matrices the architecture keeps unquantized (position embeddings, token
     types) stay F32 at block levels; a matrix whose rows are not whole 32-value blocks cannot be
-    Q8_0/Q4_0 and falls back to F16. K-quants pad rows to whole super-blocks instead (.apr layout).
+    Q8_0/Q4_0 and falls back to F16. K-quants (q4_k, q6_k, q4_k_m) pad rows to whole 256-value
+    super-blocks instead (.apr layout): where llama.cpp would switch such a tensor to another type
+    (Q4_K to Q5_0, Q6_K to Q8_0), the .apr keeps the level's type, so its bytes equal llama.cpp's
+    wherever rows are whole super-blocks and no tensor silently changes type.
     """
     if len(info.shape) < 2 or level == DType.F32:
         return DType.F32, None
@@ -61,6 +65,25 @@ def stored_dtype(arch: Architecture, info: TensorInfo, level: DType) -> tuple[DT
     return wanted, note
 
 
+def stored_dtypes(arch: Architecture, infos: list[TensorInfo], quant: str) -> tuple[dict[str, DType], list[str]]:
+    """Every tensor's stored dtype at level `quant` and the notes on what differs from the level.
+
+    A mixture level (one with a recipe, e.g. q4_k_m) first moves the tensors its recipe names to
+    other dtypes; the exemptions and fallbacks of `stored_dtype` apply to every tensor either way."""
+    level = QUANT_LEVELS[quant]
+    promoted: dict[str, DType] = {}
+    notes: list[str] = []
+    if level.recipe is not None:
+        promoted, notes = importlib.import_module(f"{__package__}.quant.{level.recipe}").promotions(arch, infos)
+    dtypes = {}
+    for info in infos:
+        dtype, note = stored_dtype(arch, info, promoted.get(info.name, level.weights))
+        dtypes[info.name] = dtype
+        if note:
+            notes.append(note)
+    return dtypes, notes
+
+
 def provenance_of(source: WeightSource, manifest: dict[str, Any] | None) -> dict[str, Any]:
     files = []
     for path in sorted(set(source.files)):
@@ -73,7 +96,7 @@ def provenance_of(source: WeightSource, manifest: dict[str, Any] | None) -> dict
 
 
 def build_metadata(
-    source: WeightSource,
+    source: ModelSource,
     plan: list[TensorEntry],
     quant: str,
     notes: list[str],
@@ -93,7 +116,7 @@ def build_metadata(
             "source": (manifest or {}).get("repo") or source.path.name,
             "hf_config": config,
             "tied_embeddings": arch.hp.tied_embeddings,
-            "quantization": quantization_info(quant, QUANT_LEVELS[quant].name, counts),
+            "quantization": quantization_info(quant, QUANT_LEVELS[quant].weights.name, counts),
             "provenance": provenance_of(source, manifest),
             "converter": converter_info(),
             "conversion_notes": notes,
@@ -102,8 +125,9 @@ def build_metadata(
     tok_cfg = source.tokenizer_config or {}
     if tok_cfg.get("chat_template"):
         meta["chat_template"] = tok_cfg["chat_template"]
-    if getattr(source, "pooling_config", None):
-        meta["pooling"] = source.pooling_config
+    pooling = getattr(source, "pooling_config", None)  # sentence-transformers folders only
+    if pooling:
+        meta["pooling"] = pooling
     if source.tokenizer_json is not None:
         meta["tokenizer.json"] = source.tokenizer_json
         meta["tokenizer.config"] = tok_cfg
@@ -141,20 +165,16 @@ def convert(
         raise AprQaError(f"unknown quantization {quant!r} (choose from {', '.join(QUANT_LEVELS)})")
     from .quant import quantize
 
-    level = QUANT_LEVELS[quant]
     started = time.perf_counter()
     try:
         source = open_source(source_path, allow_pickle=allow_pickle)
     except UnsupportedArchitecture as exc:  # refused before anything is written, not green until run time
         raise UnsupportedArchitecture(f"gate C0 (architecture supported) failed: {exc}") from None
     try:
-        notes = list(source.notes)
-        plan = []
-        for info in source.tensors():
-            dtype, note = stored_dtype(source.arch, info, level)
-            plan.append(TensorEntry(info.name, dtype, tuple(info.shape)))
-            if note:
-                notes.append(note)
+        infos = list(source.tensors())
+        dtypes, dtype_notes = stored_dtypes(source.arch, infos, quant)
+        notes = list(source.notes) + dtype_notes
+        plan = [TensorEntry(info.name, dtypes[info.name], tuple(info.shape)) for info in infos]
         if not plan:
             raise AprQaError("source has no floating-point tensors", source.path)
         meta = build_metadata(source, plan, quant, notes, manifest)

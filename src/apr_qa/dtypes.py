@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import math
+from dataclasses import dataclass
 
 from .errors import FormatError
 
@@ -34,7 +35,7 @@ class DType(enum.Enum):
         return self.block_elems > 1
 
     @classmethod
-    def from_code(cls, code: int, where: str = "") -> "DType":
+    def from_code(cls, code: int, where: str = "") -> DType:
         for d in cls:
             if d.code == code:
                 return d
@@ -42,7 +43,7 @@ class DType(enum.Enum):
         raise FormatError(f"unknown tensor dtype code {code}{' for ' + where if where else ''}")
 
     @classmethod
-    def from_name(cls, name: str) -> "DType":
+    def from_name(cls, name: str) -> DType:
         try:
             return cls[name.upper()]
         except KeyError:
@@ -60,12 +61,34 @@ class DType(enum.Enum):
         return rows * self.row_bytes(shape[-1])
 
 
-# Variant names accepted by `apr-qa convert --quant` and the dtype each one produces for weights.
-QUANT_LEVELS: dict[str, DType] = {
-    "f32": DType.F32,
-    "f16": DType.F16,
-    "bf16": DType.BF16,
-    "q8_0": DType.Q8_0,
-    "q4_0": DType.Q4_0,
-    "q4_k": DType.Q4_K,
+@dataclass(frozen=True)
+class QuantLevel:
+    """One `apr-qa convert --quant` variant.
+
+    weights: the dtype its weight matrices are stored in (norms and other 1-D tensors stay F32, the
+    architecture's exemptions too: see `convert.target_dtype`). recipe: for a mixture, the module of
+    `apr_qa.quant` whose `promotions()` moves chosen tensors to other dtypes (llama.cpp's
+    Q4_K_M). bits/symmetric: the `quantization` metadata aprender reads. gguf_file_type: the
+    `general.file_type` (gguf.LlamaFileType member) `apr-qa export-gguf` writes.
+    """
+
+    weights: DType
+    bits: int
+    symmetric: bool
+    gguf_file_type: str
+    recipe: str | None = None
+
+
+# The variants, by the name `--quant`, the config and the workflow use. Adding one is its codec
+# module under apr_qa/quant/ (a new dtype, or a recipe over existing ones) plus one entry here.
+QUANT_LEVELS: dict[str, QuantLevel] = {
+    "f32": QuantLevel(DType.F32, 32, True, "ALL_F32"),
+    "f16": QuantLevel(DType.F16, 16, True, "MOSTLY_F16"),
+    "bf16": QuantLevel(DType.BF16, 16, True, "MOSTLY_BF16"),
+    "q8_0": QuantLevel(DType.Q8_0, 8, True, "MOSTLY_Q8_0"),
+    "q4_0": QuantLevel(DType.Q4_0, 4, True, "MOSTLY_Q4_0"),
+    # every weight matrix Q4_K: llama.cpp's "pure" Q4_K, closest to its Q4_K_S file type
+    "q4_k": QuantLevel(DType.Q4_K, 4, False, "MOSTLY_Q4_K_S"),
+    "q6_k": QuantLevel(DType.Q6_K, 6, True, "MOSTLY_Q6_K"),
+    "q4_k_m": QuantLevel(DType.Q4_K, 4, False, "MOSTLY_Q4_K_M", recipe="q4_k_m"),
 }

@@ -12,6 +12,7 @@ from typing import Any
 
 from . import __version__
 from .arch import Architecture
+from .dtypes import QUANT_LEVELS
 
 # Typed keys (reader-known) with the JSON type each must have when present.
 TYPED_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -101,11 +102,8 @@ def schema_problems(meta: dict[str, Any]) -> list[str]:
 
 # aprender deserializes `quantization` into a struct needing quant_type, bits and symmetric; our own
 # fields ride along (serde ignores unknown fields).
-QUANT_BITS = {"f32": (32, True), "f16": (16, True), "bf16": (16, True), "q8_0": (8, True), "q4_0": (4, True), "q4_k": (4, False)}
-
-
 def quantization_info(level: str, weights_dtype: str, tensor_dtypes: dict[str, int]) -> dict[str, Any]:
-    bits, symmetric = QUANT_BITS[level]
+    bits, symmetric = QUANT_LEVELS[level].bits, QUANT_LEVELS[level].symmetric
     return {
         "quant_type": level,
         "bits": bits,

@@ -5,7 +5,7 @@ Pure functions of embedding tensors ([N, hidden], one row per text), testable wi
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -13,8 +13,9 @@ from . import stats
 from .prompts import TextPair
 
 # Minimum cosine(model, reference) per quantization level (gate T5 for encoders; --min-cosine overrides).
+# q6_k / q4_k_m / q4_k measured on all-MiniLM-L6-v2, 8 sentences: min 0.9982 / 0.9745 / 0.9697.
 DEFAULT_MIN_COSINE = {"source": 0.99999, "f32": 0.99999, "f16": 0.999, "bf16": 0.995,
-                      "q8_0": 0.99, "q4_k": 0.95, "q4_0": 0.95}
+                      "q8_0": 0.99, "q6_k": 0.99, "q4_k": 0.95, "q4_k_m": 0.95, "q4_0": 0.95}
 
 
 def cosine_rows(a: torch.Tensor, b: torch.Tensor) -> list[float]:
@@ -38,7 +39,7 @@ def pair_scores(pairs: Sequence[TextPair], embeddings: dict[str, torch.Tensor]) 
         return {}
     a = torch.stack([embeddings[p.a] for p in pairs])
     b = torch.stack([embeddings[p.b] for p in pairs])
-    return dict(zip((p.id for p in pairs), cosine_rows(a, b)))
+    return dict(zip((p.id for p in pairs), cosine_rows(a, b), strict=True))
 
 
 def similarity_sanity(paraphrase: dict[str, float], unrelated: dict[str, float]) -> dict:

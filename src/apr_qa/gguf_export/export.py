@@ -32,16 +32,13 @@ import numpy as np
 
 from ..apr import AprReader
 from ..arch import Architecture, architecture_for, families
-from ..dtypes import DType
+from ..dtypes import QUANT_LEVELS, DType
 from ..errors import AprQaError, FormatError, UnsupportedError
 from ..fsutil import atomic_path
 from .tokenizer import write_tokenizer
 
 # sentence-transformers Pooling flags -> gguf.PoolingType names (BertModel._try_set_pooling_type)
 _POOLING = (("pooling_mode_mean_tokens", "MEAN"), ("pooling_mode_cls_token", "CLS"), ("pooling_mode_lasttoken", "LAST"))
-# .apr quantization level -> general.file_type (gguf.LlamaFileType name)
-_FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0",
-               "q4_0": "MOSTLY_Q4_0", "q4_k": "MOSTLY_Q4_K_S"}
 
 
 @dataclass
@@ -89,12 +86,13 @@ def export_gguf(apr_path: str | Path, out_path: str | Path, reencode: str = "q8_
         raise AprQaError("the output would overwrite the input", out_path)
     with AprReader(apr_path, verify=True) as reader:
         arch = architecture_for(reader.config, apr_path)
-        if arch.gguf_arch is None:
+        gguf_arch = arch.gguf_name_of_arch()
+        if gguf_arch is None:
             with_gguf = sorted(f.family for f in families() if f.gguf_arch)
             raise UnsupportedError(f"{arch.family} has no llama.cpp GGUF architecture (exportable: "
                                    f"{', '.join(with_gguf)})", apr_path)
         # a form llama.cpp cannot run is refused here, before anything is planned or written
-        writer = gguf.GGUFWriter(None, arch.gguf_name_of_arch())
+        writer = gguf.GGUFWriter(None, gguf_arch)
         try:
             notes = arch.write_gguf_metadata(writer)
         except AprQaError as exc:
@@ -118,7 +116,7 @@ def export_gguf(apr_path: str | Path, out_path: str | Path, reencode: str = "q8_
     counts: dict[str, int] = {}
     for t in plan:
         counts[t.target.name] = counts.get(t.target.name, 0) + 1
-    return ExportResult(out_path, arch.gguf_name_of_arch(), len(plan), counts, reencoded, notes,
+    return ExportResult(out_path, gguf_arch, len(plan), counts, reencoded, notes,
                         time.perf_counter() - started)
 
 
@@ -191,8 +189,8 @@ def _write_metadata(writer: Any, arch: Architecture, reader: AprReader, plan: li
             writer.add_pooling_type(gguf.PoolingType[kind])
             break
     level = (meta.get("quantization") or {}).get("level")
-    if level in _FILE_TYPES:
-        writer.add_file_type(gguf.LlamaFileType[_FILE_TYPES[level]])
+    if level in QUANT_LEVELS:  # general.file_type: the level's gguf.LlamaFileType
+        writer.add_file_type(gguf.LlamaFileType[QUANT_LEVELS[level].gguf_file_type])
     if any(t.target not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16,
                             gguf.GGMLQuantizationType.BF16) for t in plan):
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
@@ -213,6 +211,7 @@ def _payload(reader: AprReader, t: _Planned) -> np.ndarray:
 
     if t.values is not None:
         return np.ascontiguousarray(t.values, dtype=np.float32)
+    assert t.name is not None and t.stored is not None  # a tensor of the .apr when it is not derived
     rows = math.prod(t.shape[:-1])
     if t.target.name == t.stored.name:  # copied as stored: blocks and floats unchanged
         raw = reader.raw(t.name)

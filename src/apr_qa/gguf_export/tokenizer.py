@@ -91,7 +91,7 @@ def _looks_special(text: str) -> bool:
             or (text.startswith("<｜") and text.endswith("｜>")) or (text.startswith("<unused") and text.endswith(">")))
 
 
-def _base_tokens(tok: dict[str, Any], vocab_size: int) -> tuple[list[str], list[int]]:
+def _base_tokens(tok: dict[str, Any], vocab_size: int) -> tuple[list[str], list[Any]]:
     """TextModel.get_vocab_base: every id's text and llama.cpp token type."""
     import gguf
 
@@ -207,7 +207,7 @@ def _wordpiece(writer: Any, tok: dict[str, Any], tokenizer_json: str, vocab_size
 
     tokens, types = _base_tokens(tok, vocab_size)
     phantom = [t if ty == gguf.TokenType.CONTROL else t[2:] if t.startswith("##") else "\u2581" + t
-               for t, ty in zip(tokens, types)]
+               for t, ty in zip(tokens, types, strict=True)]
     ids = Tokenizer.from_str(tokenizer_json).encode(_CHKTXT).ids
     writer.add_tokenizer_model("bert")
     writer.add_tokenizer_pre("jina-v2-en" if sha256(str(ids).encode()).hexdigest() == _BERT_CHKHSH else "default")
