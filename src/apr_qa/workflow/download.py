@@ -1,4 +1,4 @@
-"""Download one model from a HuggingFace hub and write its manifest (spec 5, gates D1-D5 and G6).
+"""Download one model from a HuggingFace hub and write its manifest (gates D1-D5 and G6: docs/gates.md).
 
 The revision is resolved to a commit and recorded. Only an allow-list of safe files is fetched,
 and every file is verified: LFS files against the hub's sha256, small files against their git blob
@@ -26,7 +26,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
+from collections.abc import Callable
 
 from ..errors import AprQaError, GateFailure
 from ..evidence import Evidence
@@ -59,6 +60,8 @@ class Options:
     max_size_gb: float = 10.0           # D5
     retries: int = 3                    # D3
     backoff_s: float = 2.0              # first wait; doubles per retry
+    lease_holder: str | None = None     # model cache lease holder (the manifest path): see model_cache
+    slow_s: float = 600.0               # D6: a download slower than this is yellow (as a 10-minute conversion)
 
 
 def check_repo_name(repo: str, name: str) -> None:
@@ -134,6 +137,8 @@ def _online_listing(spec: ModelSpec, opts: Options) -> Listing:
     for s in info.siblings or []:
         files[s.rfilename] = ({"size": s.lfs.size, "sha256": s.lfs.sha256} if s.lfs is not None
                               else {"size": s.size, "git_sha1": s.blob_id})
+    if info.sha is None:
+        raise AprQaError(f"the hub resolved {spec.repo}@{spec.revision} to no commit; cannot pin the download")
     return Listing(info.sha, files)
 
 
@@ -166,7 +171,7 @@ def _offline_listing(spec: ModelSpec, opts: Options) -> Listing | None:
         if not content_addressed and name in spec.sha256:  # a blob named otherwise (olah's offline etags)
             files[name] = {"size": path.stat().st_size, "sha256": spec.sha256[name]}
             continue
-        if not content_addressed:
+        if blob_id is None or not content_addressed:
             raise AprQaError("cached file is not a link to a content-addressed blob and has no pinned sha256; "
                              "cannot verify it offline", path)
         files[name] = {"size": path.stat().st_size, ("sha256" if len(blob_id) == 64 else "git_sha1"): blob_id}
@@ -192,6 +197,25 @@ def _remove_stale_partials(spec: ModelSpec, opts: Options) -> None:
                 print(f"note: removed {partial.name}, left by an interrupted download", file=sys.stderr)
         except Timeout:
             continue  # another process is downloading this blob right now
+
+
+def _make_room(spec: ModelSpec, listing: Listing, chosen: list[str], opts: Options) -> None:
+    """Under the workflow's model cache policy: lease the revision, then evict least-recently-used
+    revisions until the files still to fetch fit the cap (apr_qa.workflow.model_cache)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from .model_cache import ModelCache, policy_from_env
+
+    policy = policy_from_env()
+    if policy is None:
+        return
+    incoming = sum(listing.files[n]["size"] or 0 for n in chosen
+                   if not isinstance(try_to_load_from_cache(spec.repo, n, cache_dir=_cache_root(opts),
+                                                            revision=listing.commit), str))
+    holder = opts.lease_holder or f"{spec.repo}@{listing.commit}"
+    for e in ModelCache(_cache_root(opts), policy).prepare_download(spec.repo, listing.commit, incoming, holder):
+        print(f"note: model cache: evicted {e.repo}@{e.commit[:12]} ({e.size / 1e6:.1f} MB): {e.reason}",
+              file=sys.stderr)
 
 
 def _record_ref(spec: ModelSpec, commit: str, opts: Options) -> None:
@@ -241,14 +265,16 @@ def download(spec: ModelSpec, opts: Options) -> dict[str, Any]:
         if refused:
             gate = Evidence("G6", "format safety", False, f"pickle weights only: {', '.join(refused)}",
                             "safetensors or gguf", "warn",
-                            "pickle files can execute code when loaded; set allow_pickle: true for this model to opt in")
+                            "pickle files can execute code when loaded; "
+                            "set allow_pickle: true for this model to opt in")
         else:
             gate = Evidence("D2", "format supported", False, "no safetensors/gguf weights",
                             "known weight extension", "warn", f"files: {', '.join(sorted(listing.files)) or 'none'}")
         return _skip(spec, gate, commit=listing.commit)
     ggufs = [f for f in chosen if f.endswith(".gguf")]
     if len(ggufs) > 1:
-        raise AprQaError(f"{spec.repo} has {len(ggufs)} GGUF files ({', '.join(ggufs)}); choose one with `files:`")
+        raise AprQaError(f"{spec.repo} has {len(ggufs)} GGUF files ({', '.join(ggufs)}); "
+                         "choose one with `files:`")
     if spec.sha256:
         unpinned = [n for n in chosen if n not in spec.sha256]
         if unpinned:
@@ -256,12 +282,16 @@ def download(spec: ModelSpec, opts: Options) -> dict[str, Any]:
                               "(the model pins its files; add them to `sha256:` or remove the pins)", "halt")
 
     if not offline:
+        _make_room(spec, listing, chosen, opts)
         _remove_stale_partials(spec, opts)
     records = []
+    started = time.perf_counter()  # D6 and the cost accounting: fetch + verify of every chosen file
     for name in chosen:
-        path = with_retries(f"{spec.repo}/{name}", lambda: hf_hub_download(
-            spec.repo, name, revision=listing.commit,
-            cache_dir=str(opts.cache_dir) if opts.cache_dir is not None else None), opts)
+        def fetch(name: str = name) -> str:
+            return hf_hub_download(spec.repo, name, revision=listing.commit,
+                                   cache_dir=str(opts.cache_dir) if opts.cache_dir is not None else None)
+
+        path = with_retries(f"{spec.repo}/{name}", fetch, opts)
         if not Path(path).resolve().is_relative_to(_cache_root(opts).resolve()):
             raise AprQaError(f"downloaded file of {spec.repo}/{name} resolves outside the HF cache; refused", path)
         records.append(_verify(spec, listing, name, Path(path)))
@@ -269,11 +299,15 @@ def download(spec: ModelSpec, opts: Options) -> dict[str, Any]:
     if not offline and not COMMIT.match(spec.revision):
         _record_ref(spec, listing.commit, opts)
     total = sum(r["size"] for r in records)
+    seconds = round(time.perf_counter() - started, 3)
     gates = [Evidence("D3", "download complete", True, len(records), len(chosen), "fail"),
              Evidence("D4", "checksums valid", True, len(records), "all files match the hub", "halt"),
              Evidence("D5", "size reasonable", total <= opts.max_size_gb * 1e9, total,
                       int(opts.max_size_gb * 1e9), "warn",
-                      "" if total <= opts.max_size_gb * 1e9 else f"{total / 1e9:.1f} GB over {opts.max_size_gb:g} GB")]
+                      "" if total <= opts.max_size_gb * 1e9 else f"{total / 1e9:.1f} GB over {opts.max_size_gb:g} GB"),
+             Evidence("D6", "download time", seconds <= opts.slow_s, seconds, f"<= {opts.slow_s:g} s", "warn",
+                      "" if seconds <= opts.slow_s else f"{total / 1e6:.0f} MB took {seconds:.0f} s",
+                      {"bytes": total, "mb_per_s": round(total / 1e6 / seconds, 3) if seconds else None})]
     if refused:
         gates.append(Evidence("G6", "format safety", True, f"ignored pickle files: {', '.join(refused)}",
                               "no pickle loaded", "warn"))
@@ -287,6 +321,7 @@ def download(spec: ModelSpec, opts: Options) -> dict[str, Any]:
     return {"model": spec.id, "repo": spec.repo, "revision": spec.revision, "commit": listing.commit,
             "status": "ok", "format": fmt, "source": str(source), "offline": offline,
             "endpoint": None if offline else constants.ENDPOINT, "total_bytes": total,
+            "download_seconds": seconds,
             "files": records, "gates": [g.to_dict() for g in gates]}
 
 
