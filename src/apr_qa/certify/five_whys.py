@@ -1,4 +1,4 @@
-"""Five Whys (spec §2.3) for every failed gate, derived from the evidence, not written by hand.
+"""Five Whys (ask "why?" until the root cause) for every failed gate, derived from the evidence, not written by hand.
 
 Each rule walks from the symptom to a cause using only what the records hold: the failed record,
 its sibling records (C6 looks up C3/I-2's missing tensors) and the model's .apr metadata
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from ..evidence import Evidence
 
@@ -41,7 +42,8 @@ def _first(why1: str) -> list[str]:
 
 
 def _symptom(r: Evidence) -> str:
-    return f"{r.id} ({r.name}) failed: measured {r.measured}, threshold {r.threshold}" + (f" - {r.message}" if r.message else "")
+    return (f"{r.id} ({r.name}) failed: measured {r.measured}, threshold {r.threshold}"
+            + (f" - {r.message}" if r.message else ""))
 
 
 def _short(items: list[str], n: int = 5) -> str:
@@ -91,16 +93,18 @@ def _missing_tensors(r: Evidence, ctx: Context) -> FiveWhys:
 def _precision(r: Evidence, ctx: Context) -> FiveWhys:
     whys = _first(_symptom(r))
     failures: dict[str, str] = r.details.get("failures") or {}
-    per_tensor = r.details.get("per_tensor") or (ctx.sibling("C8").details.get("per_tensor", {}) if ctx.sibling("C8") else {})
+    c8 = ctx.sibling("C8")
+    per_tensor = r.details.get("per_tensor") or (c8.details.get("per_tensor", {}) if c8 is not None else {})
     if not failures:
         return FiveWhys(r.id, whys, "the record lists no failing tensor", "rerun validate with full details")
     whys.append(f"{len(failures)} tensors exceeded their tolerance: "
                 + "; ".join(f"{n}: {m}" for n, m in list(failures.items())[:3]))
     dtypes = Counter((per_tensor.get(n) or {}).get("dtype") or str(m).split()[0] for n, m in failures.items())
     whys.append("their stored dtypes: " + ", ".join(f"{d} x{c}" for d, c in dtypes.most_common()))
-    worst = max(dtypes, key=dtypes.get)
+    worst = max(dtypes, key=lambda d: dtypes[d])
     return FiveWhys(r.id, whys, f"{worst} storage loses more precision than its tolerance allows on these tensors",
-                    f"keep these tensors at a higher precision than {worst}, or justify a wider {worst} tolerance with measurements")
+                    f"keep these tensors at a higher precision than {worst}, "
+                    f"or justify a wider {worst} tolerance with measurements")
 
 
 def _shapes(r: Evidence, ctx: Context) -> FiveWhys:
@@ -108,7 +112,8 @@ def _shapes(r: Evidence, ctx: Context) -> FiveWhys:
     bad = r.details.get("mismatched") or {}
     for name, (src, apr) in list(bad.items())[:3]:
         transposed = list(src) == list(reversed(apr))
-        whys.append(f"{name}: source {src}, .apr {apr}" + (" (reversed: a layout/transpose error)" if transposed else ""))
+        whys.append(f"{name}: source {src}, .apr {apr}"
+                    + (" (reversed: a layout/transpose error)" if transposed else ""))
     transposed = any(list(s) == list(reversed(a)) for s, a in bad.values())
     return FiveWhys(r.id, whys, "tensors were written in the wrong (column-major) layout" if transposed
                     else "tensor shapes changed in conversion", "fix the converter's layout handling for these tensors")
@@ -122,7 +127,8 @@ def _checksum(r: Evidence, ctx: Context) -> FiveWhys:
     for x in bad[:3]:
         whys.append(f"{x.get('file') or x.get('path')}: sha256 expected {x.get('expected')}, actual {x.get('actual')}")
     if not bad:
-        return FiveWhys(r.id, whys, "the record names no differing file", "rerun verify-checksums with per-file details")
+        return FiveWhys(r.id, whys, "the record names no differing file",
+                        "rerun verify-checksums with per-file details")
     files = [str(x.get("file") or x.get("path")) for x in bad]
     return FiveWhys(r.id, whys, f"{_short(files, 3)} differ from the pinned manifest (changed upstream or corrupted)",
                     "re-download at the pinned revision; if upstream changed, review and re-pin the manifest")
@@ -138,15 +144,18 @@ def _integrity(r: Evidence, ctx: Context) -> FiveWhys:
             whys.append(f"config implies {c['tensor']} of shape {c['config']} but the file lacks it")
         else:
             whys.append(f"the file holds {c['tensor']} {c['tensors']}, which the config does not explain")
-    return FiveWhys(r.id, whys, "config.json does not describe these tensors" if bad else (r.message or "nothing could be checked"),
+    root = "config.json does not describe these tensors" if bad else (r.message or "nothing could be checked")
+    return FiveWhys(r.id, whys, root,
                     "use the config.json of the same revision as the weights, or fix the config the converter embedded")
 
 
 def _crash(r: Evidence, ctx: Context) -> FiveWhys:
     whys = _first(_symptom(r))
     crashes = r.details.get("crashes") or ([{"scenario": r.details.get("scenario", {}).get("id"),
-                                              "returncode": r.details.get("returncode"), "signal": r.details.get("signal"),
-                                              "stage": r.details.get("stage"), "stderr_tail": r.details.get("stderr_tail", "")}])
+                                              "returncode": r.details.get("returncode"),
+                                              "signal": r.details.get("signal"),
+                                              "stage": r.details.get("stage"),
+                                              "stderr_tail": r.details.get("stderr_tail", "")}])
     for c in crashes[:3]:
         how = c.get("signal") or f"exit code {c.get('returncode')}"
         last = [ln for ln in (c.get("stderr_tail") or "").splitlines() if ln.strip()][-1:]
@@ -173,7 +182,8 @@ def _scenarios(r: Evidence, ctx: Context) -> FiveWhys:
     for sid in failed[:3]:
         rec = by_id.get(sid)
         whys.append(f"{sid}: {rec.details.get('reason') if rec else 'no record'}")
-    return FiveWhys(r.id, whys, (by_id.get(failed[0]).details.get("reason") if failed and by_id.get(failed[0]) else r.message)
+    first = by_id.get(failed[0]) if failed else None
+    return FiveWhys(r.id, whys, (first.details.get("reason") if first is not None else r.message)
                     or "see the scenario records", "fix the first failing scenario's error, then rerun the tier")
 
 
@@ -185,17 +195,21 @@ def _patterns(r: Evidence, ctx: Context) -> FiveWhys:
         rows = [{"id": k, **(v if isinstance(v, dict) else {"output": v})} for k, v in rows.items()]
     failed = [x for x in rows if isinstance(x, dict) and not x.get("passed", x.get("matched", False))]
     for x in failed[:3]:
-        whys.append(f"prompt {x.get('id') or x.get('prompt_id')} expected /{x.get('expected_pattern') or x.get('pattern')}/, "
+        whys.append(f"prompt {x.get('id') or x.get('prompt_id')} "
+                    f"expected /{x.get('expected_pattern') or x.get('pattern')}/, "
                     f"model produced {str(x.get('output') or x.get('text') or '')[:80]!r}")
-    return FiveWhys(r.id, whys, f"{len(failed)} prompts were answered wrongly" if failed else "the record lists no failing prompt",
-                    "check the answers against the source model's (T5): a shared wrong answer is the model, a new one the conversion")
+    root = f"{len(failed)} prompts were answered wrongly" if failed else "the record lists no failing prompt"
+    return FiveWhys(r.id, whys, root,
+                    "check the answers against the source model's (T5): a shared wrong answer is the model, "
+                    "a new one the conversion")
 
 
 def _scenario(r: Evidence, ctx: Context) -> FiveWhys:
     d = r.details
     whys = _first(_symptom(r))
     whys.append(f"{d['scenario']['modality']} of prompt {d['scenario'].get('prompt_id')} on "
-                f"{d['scenario']['variant']}/{d['scenario']['backend']} ended '{d['outcome']}' during {d['stage']}: {d.get('reason')}")
+                f"{d['scenario']['variant']}/{d['scenario']['backend']} ended '{d['outcome']}' "
+                f"during {d['stage']}: {d.get('reason')}")
     if d.get("output_excerpt"):
         whys.append(f"the model produced {d['output_excerpt'][:120]!r}")
     elif (d.get("stderr_tail") or "").strip():
@@ -203,18 +217,70 @@ def _scenario(r: Evidence, ctx: Context) -> FiveWhys:
     return FiveWhys(r.id, whys, d.get("reason") or d["outcome"], "rerun this scenario alone (apr-qa run) and inspect")
 
 
+def _accuracy(r: Evidence, ctx: Context) -> FiveWhys:
+    """T7/T8: which prompts (or pairs) the variant lost against its reference, and whether its logits
+    stayed within the level's limits (T9) - a quantization error beyond them, or sensitive prompts."""
+    d = r.details
+    whys = _first(_symptom(r))
+    model, ref = d.get("model_accuracy") or {}, d.get("reference_accuracy") or {}
+    whys.append(f"accuracy {model.get('value')} vs the reference's {ref.get('value')} ({d.get('definition', '')})")
+    lost = d.get("lost") or []
+    if lost:
+        whys.append("lost: " + "; ".join(f"{x['id']} {x['reference']} -> {x['model']}" for x in lost[:4])
+                    + (f" and {len(lost) - 4} more" if len(lost) > 4 else ""))
+    t9 = ctx.sibling("T9")
+    if t9 is not None and not t9.passed:
+        whys.append(f"the logits diverge beyond the level's limits as well (T9: {t9.message})")
+        root = "the quantization error of this level changes the model's answers"
+        fix = ("use a higher-precision level, or keep the most sensitive tensors (embeddings, output) at "
+               "higher precision")
+    else:
+        whys.append("the logits stay within the level's calibrated limits (T9), so few positions changed: "
+                    "the lost prompts have a small margin between their right and wrong continuations")
+        root = "prompts with a small margin flip under this level's rounding"
+        fix = "rerun with more runs per prompt to confirm; if it holds, prefer the next higher-precision level"
+    return FiveWhys(r.id, whys, root, fix)
+
+
+def _logit_limits(r: Evidence, ctx: Context) -> FiveWhys:
+    d = r.details
+    whys = _first(_symptom(r))
+    whys.append(f"level {d.get('level')}: KLD p99 {d.get('kld_p99')}, max {d.get('kld_max')} over "
+                f"{(r.measured or {}).get('positions') if isinstance(r.measured, dict) else '?'} prompt positions")
+    c8 = ctx.sibling("C8", "I-4")
+    if c8 is not None and not c8.passed:
+        whys.append(f"tensor values drift beyond their tolerance too ({c8.id}: {c8.message})")
+        root = "the quantized tensors lose more precision than this level normally does"
+    else:
+        root = f"the model is more sensitive to {d.get('level')} rounding than the calibration model"
+    return FiveWhys(r.id, whys, root, "check the quantizer on this model (validate's per-tensor errors); "
+                    "if the values are right, use a higher-precision level")
+
+
+def _slow(r: Evidence, ctx: Context) -> FiveWhys:
+    whys = _first(_symptom(r))
+    if r.details:
+        whys.append("record details: " + ", ".join(f"{k}={str(v)[:60]}" for k, v in list(r.details.items())[:4]))
+    what = "download" if r.id.startswith("D") else "inference"
+    return FiveWhys(r.id, whys, f"the {what} is slower than the Andon's yellow bound on this machine",
+                    "check the machine's load and network; for inference try packed weights, a smaller "
+                    "quantization level or a GPU" if what == "inference" else
+                    "use a closer mirror (hub.endpoint) or pre-fill the HF cache")
+
+
 def _generic(r: Evidence, ctx: Context) -> FiveWhys:
     whys = [_symptom(r)]
     if r.details:
         whys.append("record details: " + ", ".join(f"{k}={str(v)[:60]}" for k, v in list(r.details.items())[:4]))
-    return FiveWhys(r.id, whys, f"{r.name}: measured {r.measured} against {r.threshold}", "no rule for this gate: review the record")
+    return FiveWhys(r.id, whys, f"{r.name}: measured {r.measured} against {r.threshold}",
+                    "no rule for this gate: review the record")
 
 
 RULES: dict[str, Callable[[Evidence, Context], FiveWhys]] = {
     "C3": _missing_tensors, "C6": _missing_tensors, "I-2": _missing_tensors,
     "C7": _shapes, "C8": _precision, "I-4": _precision,
     "D4": _checksum, "G0": _integrity, "G1": _scenarios, "G2": _scenarios, "G3": _crash, "G4": _garbage,
-    "T4": _patterns,
+    "T4": _patterns, "T6": _slow, "T7": _accuracy, "T8": _accuracy, "T9": _logit_limits, "D6": _slow,
 }
 
 
@@ -232,10 +298,19 @@ def analyze(record: Evidence, ctx: Context | None = None) -> FiveWhys:
 
 
 def annotate(records: list[Evidence], ctx: Context | None = None) -> None:
-    """Attach details["five_whys"] to every failed record."""
+    """Attach details["five_whys"] to every failed record, whatever its level (warnings too)."""
     ctx = ctx or Context(records=records)
     if not ctx.records:
         ctx.records = records
     for r in records:
         if not r.passed and r.details.get("outcome") != "skip":
             r.details["five_whys"] = analyze(r, ctx).to_dict()
+
+
+def stage_failures(gates: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Five Whys of every failed gate of a stage evidence file (gate dicts), whatever its level:
+    the chain recorded in the evidence, or one derived now for files written without it."""
+    records = [Evidence(g["id"], g.get("name", ""), bool(g.get("passed")), g.get("measured"), g.get("threshold"),
+                        g.get("level", "fail"), g.get("message", ""), dict(g.get("details") or {})) for g in gates]
+    ctx = Context(records=records)
+    return [r.details.get("five_whys") or analyze(r, ctx).to_dict() for r in records if not r.passed]

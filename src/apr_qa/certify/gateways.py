@@ -1,20 +1,22 @@
 """Gateways G0-G4 as evidence records. Any of them failing zeroes the MQS (mqs.score).
 
-G0 compares the tensor table the model's config implies (its architecture's) with the file's; G1-G4 summarise the scenario records that
-scenarios.py produced (details: outcome, stage, category, output, garbage).
+G0 compares the tensor table the model's config implies (its architecture's) with the file's; G1-G4
+summarise the scenario records that scenarios.py produced (details: outcome, stage, category, output,
+garbage).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 from ..arch import Architecture
 from ..evidence import Evidence
 from .mqs import GATEWAYS
 
-MAX_GARBAGE_FRACTION = 0.25  # the tool fails G4 when more than a quarter of the outputs are garbage
+MAX_GARBAGE_FRACTION = 0.25  # G4 fails when more than a quarter of the outputs are garbage
 
 @dataclass
 class IntegrityCheck:
@@ -45,7 +47,8 @@ def integrity_checks(arch: Architecture, tensors: Iterable[tuple[str, tuple[int,
 def _describe(bad: list[IntegrityCheck]) -> str:
     missing = [c.tensor for c in bad if c.field == "present"]
     extra = [c.tensor for c in bad if c.field == "expected"]
-    parts = [f"{c.tensor}: config implies {list(c.config)}, file has {list(c.tensors)}" for c in bad if c.field == "shape"][:3]
+    parts = [f"{c.tensor}: config implies {list(c.config)}, file has {list(c.tensors)}"
+             for c in bad if c.field == "shape"][:3]
     if missing:
         parts.append(f"{len(missing)} tensors the config implies are missing ({', '.join(missing[:3])}"
                      f"{', ...' if len(missing) > 3 else ''})")

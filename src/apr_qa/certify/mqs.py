@@ -1,11 +1,11 @@
 """Model Qualification Score (MQS): 0-1000 raw points over six categories, gated by G0-G4.
 
-Arithmetic as the certification tool's code does it (validation-anchors.md, last section):
+The arithmetic:
 each category scores round(passed/total * max) (no tests: full marks), crashes cost 20 points
 and timeouts 10, any gateway failure zeroes the score, normalized = 100 ln(1+9x)/ln(10), x = raw/1000.
 
-Grades use the usual US plus/minus scale (the tool's table). The guide's coarse table names the
-lowest grade of each band it lists: A- starts at 90, plain B at 83 (B- is 80-83), C- at 70, D- at
+Grades use the usual US plus/minus scale. The coarse bands name the
+lowest grade of each band: A- starts at 90, plain B at 83 (B- is 80-83), C- at 70, D- at
 60; below 60 is F. So "B >= 83, C >= 70, D >= 60, F < 60" holds for those grades.
 """
 
@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 from ..evidence import Evidence
 
@@ -34,17 +35,18 @@ GRADE_EDGES: tuple[tuple[float, str], ...] = (
     (77, "C+"), (73, "C"), (70, "C-"), (67, "D+"), (63, "D"), (60, "D-"),
 )
 
-# Raw-MQS edges of the status state machine (certification guide).
+# Raw-MQS edges of the status state machine: below 700 BLOCKED, from 850 CERTIFIED.
 BLOCKED_BELOW, CERTIFIED_FROM = 700, 850
 QUALIFY_NORMALIZED, PRODUCTION_NORMALIZED = 70.0, 90.0
 
 # Which category a gate of the other stages counts towards, by id (longest prefix wins). Records
-# may name their own with details["category"]. Unknown ids count as QUAL, as in the tool.
+# may name their own with details["category"]. Unknown ids count as QUAL.
 GATE_CATEGORIES: dict[str, str] = {
     "C": "COMP", "V": "COMP", "I-2": "COMP", "I-3": "COMP", "I-4": "COMP",  # conversion contract
     "I-1": "REGR", "I-5": "REGR", "T5": "REGR",                             # agreement with the source
     "T1": "QUAL", "T4": "QUAL",                                             # inference runs, answers right
-    "T2": "PERF", "T3": "PERF",                                             # latency, memory bounds
+    "T2": "PERF", "T3": "PERF", "T6": "PERF",                               # latency, memory bounds
+    "T7": "REGR", "T8": "REGR", "T9": "REGR",                               # accuracy/logits vs the source
     "D": "STAB",                                                            # download integrity
 }
 
@@ -91,7 +93,7 @@ class CategoryScore:
 
     @property
     def points(self) -> int:
-        # Half away from zero, like the tool's f64::round (Python's round() would halve to even).
+        # Half away from zero, like Rust's f64::round (Python's round() would halve to even).
         return self.max if self.total == 0 else math.floor(self.passed / self.total * self.max + 0.5)
 
 

@@ -1,8 +1,11 @@
-"""Pareto frontier of model variants (spec §8): accuracy up; latency, size and cost down.
+"""Pareto frontier of model variants: accuracy up; latency, size and cost down.
 
 A dominates B when A is no worse in every objective and strictly better in at least one, so equal
-points do not dominate each other and all stay on the frontier. Cost is optional: when any point
-lacks it, it is left out of the comparison (and of the value score) rather than guessed.
+points do not dominate each other and all stay on the frontier. Cost is the inference cost in USD
+per 1k generated tokens (encoders: per 1k input tokens): the device time the evaluation measured
+per 1k tokens (prefill included) times the configured price of one device-hour
+(`cost.usd_per_device_hour`). It is optional: when any point lacks it, it is left out of the
+comparison (and of the value score) rather than guessed, and the plot's x axis is latency instead.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ class Point:
     accuracy: float         # higher is better (e.g. fraction of golden prompts passed)
     latency_s: float        # lower is better (mean per request)
     size_bytes: float       # lower is better
-    cost: float | None = None  # lower is better (e.g. CPU-seconds per 1k tokens)
+    cost: float | None = None  # lower is better: USD per 1k tokens
 
     def __post_init__(self) -> None:
         if not self.latency_s > 0:
@@ -26,7 +29,12 @@ class Point:
 
 def _keys(p: Point, with_cost: bool) -> tuple[float, ...]:
     """Objectives as 'lower is better'."""
-    return (-p.accuracy, p.latency_s, p.size_bytes) + ((p.cost,) if with_cost else ())
+    keys: tuple[float, ...] = (-p.accuracy, p.latency_s, p.size_bytes)
+    if with_cost:
+        if p.cost is None:
+            raise ValueError(f"{p.name}: no cost to compare")
+        keys += (p.cost,)
+    return keys
 
 
 def _with_cost(points: list[Point]) -> bool:
@@ -36,7 +44,7 @@ def _with_cost(points: list[Point]) -> bool:
 def dominates(a: Point, b: Point, with_cost: bool = True) -> bool:
     with_cost = with_cost and a.cost is not None and b.cost is not None
     ka, kb = _keys(a, with_cost), _keys(b, with_cost)
-    return all(x <= y for x, y in zip(ka, kb)) and any(x < y for x, y in zip(ka, kb))
+    return all(x <= y for x, y in zip(ka, kb, strict=True)) and any(x < y for x, y in zip(ka, kb, strict=True))
 
 
 def frontier(points: list[Point]) -> list[Point]:
@@ -50,7 +58,7 @@ def frontier_best(points: list[Point]) -> Point:
 
 
 def value_score(p: Point, best: Point, with_cost: bool = True) -> float:
-    """Spec §8.3: accuracy ratio x cost ratio x latency ratio, relative to the frontier's best."""
+    """The value score: accuracy ratio x cost ratio x latency ratio, relative to the frontier's best."""
     accuracy = p.accuracy / best.accuracy if best.accuracy else 1.0
     latency = best.latency_s / p.latency_s
     cost = best.cost / p.cost if with_cost and p.cost and best.cost else 1.0
@@ -69,51 +77,34 @@ def analyze(points: list[Point]) -> list[dict]:
              "dominated_by": [q.name for q in points if q is not p and dominates(q, p, wc)]} for p in points]
 
 
-def plot(points: list[Point], out_png: str | Path, out_svg: str | Path | None = None, title: str = "Pareto frontier") -> None:
-    """Accuracy vs latency (log x): the 2-D frontier as a step line, frontier points as stars,
-    dominated points as hollow circles, every point labelled."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..fsutil import atomic_path
-
-    front = frontier(points)
-    front2d = sorted((p for p in points if not any(
-        q is not p and q.accuracy >= p.accuracy and q.latency_s <= p.latency_s
-        and (q.accuracy > p.accuracy or q.latency_s < p.latency_s) for q in points)), key=lambda p: p.latency_s)
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    if front2d:
-        ax.step([p.latency_s for p in front2d], [p.accuracy for p in front2d], where="post",
-                color="tab:blue", linewidth=1.2, label="frontier (accuracy vs latency)")
-    on = [p for p in points if p in front]
-    off = [p for p in points if p not in front]
-    ax.scatter([p.latency_s for p in on], [p.accuracy for p in on], marker="*", s=140, color="tab:blue",
-               label="on the Pareto frontier", zorder=3)
-    ax.scatter([p.latency_s for p in off], [p.accuracy for p in off], marker="o", s=50, facecolors="none",
-               edgecolors="tab:gray", label="dominated", zorder=3)
-    for p in points:
-        ax.annotate(p.name, (p.latency_s, p.accuracy), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("latency (s, log scale)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    try:
-        for out, fmt in ((out_png, "png"), (out_svg, "svg")):
-            if out is not None:
-                with atomic_path(out) as tmp:
-                    fig.savefig(tmp, format=fmt)
-    finally:
-        plt.close(fig)
+def usd_per_1k_tokens(device_seconds_per_1k_tokens: float | None, usd_per_device_hour: float | None) -> float | None:
+    if device_seconds_per_1k_tokens is None or usd_per_device_hour is None:
+        return None
+    return device_seconds_per_1k_tokens / 3600.0 * usd_per_device_hour
 
 
-def points_from_certify(ctx: dict, records: list) -> list[Point]:
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def point_from_evaluation(name: str, evaluation: dict, size_bytes: int,
+                          usd_per_device_hour: float | None) -> Point | None:
+    """One point from an evaluation JSON (`apr-qa eval`): accuracy = its sampled golden-prompt
+    accuracy (encoders: the share of pair combinations ordered right), latency = mean per request,
+    cost = its device time per 1k tokens priced. None when it measured no accuracy or latency."""
+    andon = evaluation.get("accuracy_andon") or {}
+    accuracy = (andon.get("model") or {}).get("value")
+    latency = (evaluation.get("latency") or {}).get("mean")
+    if accuracy is None or not latency:
+        return None
+    cost = usd_per_1k_tokens((evaluation.get("cost") or {}).get("device_seconds_per_1k_tokens"), usd_per_device_hour)
+    return Point(name, accuracy, latency, size_bytes, cost)
+
+
+def points_from_certify(ctx: dict, records: list, usd_per_device_hour: float | None = None) -> list[Point]:
     """One point per certified variant: accuracy = share of its QUAL run scenarios passed, latency =
-    their mean total time, size = the variant file's size (a folder: the sum of its files)."""
+    their mean total time, size = the variant file's size (a folder: the sum of its files), cost =
+    their device time per 1k generated tokens, priced (None without a price)."""
     points = []
     for v in ctx.get("variants", []):
         runs = [r for r in records if r.details.get("scenario", {}).get("variant") == v["name"]
@@ -122,7 +113,8 @@ def points_from_certify(ctx: dict, records: list) -> list[Point]:
         times = [r.details["metrics"]["total_time_s"] for r in runs if r.details.get("metrics", {}).get("total_time_s")]
         if not runs or not times:
             continue
-        path = Path(v["path"])
-        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
-        points.append(Point(v["name"], sum(r.passed for r in runs) / len(runs), sum(times) / len(times), size))
+        tokens = sum(r.details.get("metrics", {}).get("tokens") or 0 for r in runs)
+        per_1k = 1000.0 * sum(times) / tokens if tokens else None
+        points.append(Point(v["name"], sum(r.passed for r in runs) / len(runs), sum(times) / len(times),
+                            _size(Path(v["path"])), usd_per_1k_tokens(per_1k, usd_per_device_hour)))
     return points

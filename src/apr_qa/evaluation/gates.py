@@ -1,13 +1,18 @@
-"""Test-stage gates (spec 9.1 T1-T5) and contract invariants I-1, I-5 as evidence records.
+"""Test-stage gates T1-T5, the accuracy Andon (T6-T9) and contract invariants I-1, I-5.
 
-Levels follow spec 9.1: T1 and T4 fail, T2, T3 and T5 warn. I-1's expectation depends on the
-variant: exact for f32 (and for a source evaluated as itself), the first greedy token for f16/bf16,
-informational (warn) for quantized levels, whose greedy paths legitimately drift.
+Levels (docs/gates.md): T1 and T4 fail, T2, T3 and T5 warn. The accuracy Andon (accuracy_andon.py):
+T6 median latency per request over 5 s (warn), T7 accuracy more than 5 points below the reference's
+(warn: yellow), T8 more than 10 points below (fail: red), T9 the level's limits on mean KLD and
+same-top-1 (fail). I-1's expectation depends on the variant: exact for f32 (and for a source
+evaluated as itself), the first greedy token for f16/bf16, informational (warn) for quantized
+levels, whose greedy paths legitimately drift. I-5 checks the tokenizer round trip and the first
+generated token (a first-token mismatch between formats means a broken conversion).
 """
 
 from __future__ import annotations
 
 from ..evidence import Evidence
+from . import accuracy_andon
 
 FULL_PRECISION = ("source", "f32")
 HALF_PRECISION = ("f16", "bf16")
@@ -52,7 +57,7 @@ def gate_t4_embedding(sanity: dict) -> Evidence:
 
 def gate_t5_generation(consistency: dict) -> Evidence:
     ok = consistency["passed"]
-    return Evidence("T5", "behavioural equivalence (spec 7.4 top-k agreement)", ok,
+    return Evidence("T5", "behavioural equivalence (top-k agreement of the next-token logits)", ok,
                     consistency["agreement_rate"], f">= {consistency['min_agreement']}", "warn",
                     "" if ok else f"{consistency['divergent_count']} of {consistency['total_prompts']} prompts diverge")
 
@@ -92,10 +97,75 @@ def gate_i1_embedding(consistency: dict, level_name: str, min_cosine: float) -> 
                     "" if ok else "embeddings drift beyond the variant's tolerance")
 
 
-def gate_i5(check: dict) -> Evidence:
+def gate_i5(check: dict, first_token: tuple[int, int] | None = None, level_name: str = "source") -> Evidence:
+    """Tokenizer round trip on every text, and the first greedy token: identical on every prompt at
+    full and half precision; at quantized levels on at least the level's same-top-1 share of them
+    (a first token is one teacher-forced position, so the level's calibrated limit applies, judged
+    by the upper end of the share's 95 % interval as T9 is)."""
     n_bad = len(check["mismatches"])
-    return Evidence("I-5", "tokenizer round trip (model vs reference tokenizer)", check["passed"],
-                    f"{check['texts'] - n_bad}/{check['texts']} texts identical",
-                    "identical ids and decoded text on every text", "fail",
-                    "" if check["passed"] else f"first mismatch: {check['mismatches'][0]['text'][:40]!r} "
-                    f"({', '.join(check['mismatches'][0]['problems'])})")
+    problems = []
+    if not check["passed"]:
+        problems.append(f"first mismatch: {check['mismatches'][0]['text'][:40]!r} "
+                        f"({', '.join(check['mismatches'][0]['problems'])})")
+    measured = f"{check['texts'] - n_bad}/{check['texts']} texts identical"
+    threshold = "identical ids and decoded text on every text"
+    if first_token is not None:
+        same, n = first_token
+        limits = accuracy_andon.limits_for(level_name)
+        need = 1.0 if level_name in FULL_PRECISION + HALF_PRECISION or limits is None else limits.min_same_top1
+        measured += f", first generated token identical {same}/{n}"
+        threshold += f"; first generated token identical on >= {need:.0%} of prompts"
+        if n and accuracy_andon.share_upper_bound(same, n) < need:  # judged as T9's same-top-1
+            problems.append(f"first generated token differs on {n - same} of {n} prompts")
+    return Evidence("I-5", "tokenizer round trip (model vs reference tokenizer, first token)", not problems,
+                    measured, threshold, "fail", "; ".join(problems))
+
+
+def gate_t6_latency(median_s: float | None, what: str = "request") -> Evidence:
+    limit = accuracy_andon.SLOW_REQUEST_S
+    ok = median_s is not None and median_s <= limit
+    return Evidence("T6", f"latency per {what} (median) within {limit:g} s", ok, median_s, f"<= {limit:g} s",
+                    "warn", "" if ok else f"median {what} took {median_s} s")
+
+
+def _accuracy_gate(gate_id: str, limit: float, level: str, block: dict) -> Evidence:
+    points = block["degradation_points"]
+    ok = points is not None and points <= limit
+    lost = ", ".join(i["id"] for i in block["lost"][:3])
+    msg = "" if ok else (f"accuracy {block['model'].get('value')} vs reference {block['reference'].get('value')}"
+                         + (f"; lost on {lost}" if lost else ""))
+    return Evidence(gate_id, f"accuracy within {limit:g} points of the reference", ok, points,
+                    f"<= {limit:g} percentage points below the reference", level, msg,
+                    {"band": block["band"], "lost": block["lost"], "gained": block["gained"],
+                     "model_accuracy": block["model"], "reference_accuracy": block["reference"],
+                     "definition": block["definition"]})
+
+
+def gate_t7_accuracy(block: dict) -> Evidence:
+    return _accuracy_gate("T7", accuracy_andon.WARN_POINTS, "warn", block)
+
+
+def gate_t8_accuracy(block: dict) -> Evidence:
+    return _accuracy_gate("T8", accuracy_andon.FAIL_POINTS, "fail", block)
+
+
+def gate_t9_logits(kld: dict, level_name: str) -> Evidence:
+    limits = accuracy_andon.limits_for(level_name)
+    mean, same = kld["kld"]["mean"], kld["same_top1"]["rate"]
+    measured = {"mean_kld": mean, "same_top1": same, "positions": kld["positions"]}
+    if limits is None:
+        return Evidence("T9", "logit agreement within the level's limits", False, measured,
+                        f"limits for {level_name}", "fail", f"no calibrated limits for level {level_name!r}")
+    bad = []
+    if mean > limits.max_mean_kld:
+        bad.append(f"mean KLD {mean:.3g} > {limits.max_mean_kld:g}")
+    # Same-top-1 is a rate over a finite number of positions: the gate fails when even the upper end of
+    # its 95 % Wilson interval is below the limit, so one flipped near-tie among a few dozen positions
+    # (a small model's near-flat logits) is not a verdict, while a real loss of agreement is.
+    upper = accuracy_andon.share_upper_bound(kld["same_top1"]["count"], kld["positions"])
+    if upper < limits.min_same_top1:
+        bad.append(f"same top-1 {same:.2%} (95 % interval up to {upper:.2%}) < {limits.min_same_top1:.0%}")
+    return Evidence("T9", "logit agreement within the level's limits", not bad, measured,
+                    {"max_mean_kld": limits.max_mean_kld, "min_same_top1": limits.min_same_top1}, "fail",
+                    "; ".join(bad), {"level": level_name, "kld_p99": kld["kld"].get("p99"),
+                                     "kld_max": kld["kld"]["max"], "same_top1_upper_95": upper})

@@ -1,4 +1,4 @@
-"""The measured runs (spec 7.1-7.3): every golden prompt, `runs` times, one prompt per call.
+"""The measured runs: every golden prompt, `runs` times, one prompt per call.
 
 Sampling choice, recorded in the report's `sampling` block: run i samples with seed `seed + i`
 at llama.cpp's default settings (temperature 0.8, top-k 40, top-p 0.95). Greedy decoding would make
@@ -24,7 +24,7 @@ class EvalOptions:
     temperature: float = 0.8
     top_k: int = 40
     top_p: float = 0.95
-    timeout_s: float = 30.0              # spec EvalConfig default; gate T2
+    timeout_s: float = 30.0              # per-prompt limit; gate T2
     greedy_tokens: int = 32              # I-1 comparison length
     confidence: float = 0.95
     memory_limit_bytes: int = 8 * 1024**3  # gate T3: "< 8GB", read as GiB
@@ -50,7 +50,7 @@ def run_generation(model, golden: GoldenSet, opts: EvalOptions) -> dict:
     """Sampled runs -> per-run records plus accuracy, latency, TTFT and throughput summaries."""
     # one untimed warm-up call: the first call pays one-off costs (allocator, kernel selection)
     model.generate([golden.prompts[0].input], 2, temperature=0.0)
-    records, latencies, ttfts, tps = [], [], [], []
+    records, latencies, ttfts, tps, prefill = [], [], [], [], []
     for run in range(opts.runs):
         seed = opts.seed + run
         for prompt in golden.prompts:
@@ -63,17 +63,20 @@ def run_generation(model, golden: GoldenSet, opts: EvalOptions) -> dict:
                             "text": g.text})
             latencies.append(g.total_time_s)
             ttfts.append(g.time_to_first_token_s)
+            if g.time_to_first_token_s > 0:  # prompt tokens per second of the first token's wait (prefill)
+                prefill.append(len(g.prompt_ids) / g.time_to_first_token_s)
             if len(g.token_ids) > 1:
                 tps.append(g.decode_tokens_per_s)
     total_tokens = sum(r["new_tokens"] for r in records)
     return {
         "records": records,
         "accuracy": accuracy(records, opts.confidence),
-        "latency": {**stats.summarize(latencies, opts.confidence), "unit": "s",
+        "latency": {**stats.summarize(latencies, opts.confidence), "unit": "s", "samples": latencies,
                     "by_prompt": {p.id: stats.mean(latencies[i::len(golden.prompts)])
                                   for i, p in enumerate(golden.prompts)}},
         "ttft": {**stats.summarize(ttfts, opts.confidence), "unit": "s"},
         "throughput": {"decode_tokens_per_s": stats.summarize(tps, opts.confidence),
+                       "prefill_tokens_per_s": stats.summarize(prefill, opts.confidence),
                        "end_to_end_tokens_per_s": total_tokens / sum(latencies) if sum(latencies) else None,
                        "generated_tokens": total_tokens},
         "timeouts": sum(r["finish_reason"] == "timeout" for r in records),
@@ -117,4 +120,4 @@ def time_embeddings(model, texts: list[str], opts: EvalOptions) -> dict:
             start = now(model.device)
             model.embed([text])
             latencies.append(now(model.device) - start)
-    return {**stats.summarize(latencies, opts.confidence), "unit": "s"}
+    return {**stats.summarize(latencies, opts.confidence), "unit": "s", "samples": latencies}

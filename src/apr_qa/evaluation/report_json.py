@@ -11,7 +11,7 @@ import json
 import os
 import platform
 import socket
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,14 @@ from .protocol import EvalOptions
 from .runner import Evaluation
 
 SCHEMA_VERSION = 1
-VOLATILE_KEYS = ("started", "finished", "duration_s", "host", "latency", "ttft", "throughput", "memory")
-VOLATILE_GATE_FIELDS = {"T2": ("measured", "message"), "T3": ("measured", "message")}
+VOLATILE_KEYS = ("started", "finished", "duration_s", "host", "latency", "ttft", "throughput", "memory",
+                 "cost")
+VOLATILE_GATE_FIELDS = {"T2": ("measured", "message"), "T3": ("measured", "message"),
+                        "T6": ("measured", "message", "passed", "details")}
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def build_report(ev: Evaluation, golden: GoldenSet, opts: EvalOptions, device: str, started: str,
@@ -61,6 +63,8 @@ def build_report(ev: Evaluation, golden: GoldenSet, opts: EvalOptions, device: s
         "logit_consistency": s.get("logit_consistency"),
         "embedding_consistency": s.get("embedding_consistency"),
         "similarity": s.get("similarity"),
+        "accuracy_andon": s.get("accuracy_andon"),
+        "cost": s.get("cost"),
         "invariants": s.get("invariants"),
         "gates": [g.to_dict() for g in ev.gates],
         "verdict": {"worst_failed_level": worst_level(ev.gates), "exit_code": exit_code(ev.gates)},
@@ -103,7 +107,7 @@ def summary_lines(report: dict[str, Any], gates: list[Evidence]) -> list[str]:
     """A short human summary for stderr."""
     m = report["model"]
     lines = [f"apr-qa eval: {m['path']} ({report['variant']}, {report['protocol']}) vs {report['reference']['path']}"]
-    lat = report.get("latency")
+    lat = report.get("latency") or {}
     if report["protocol"] == "generation" and report.get("accuracy"):
         acc = report["accuracy"]["overall"]
         greedy = report["accuracy"]["greedy"]
@@ -114,15 +118,21 @@ def summary_lines(report: dict[str, Any], gates: list[Evidence]) -> list[str]:
             lines.append(f"  latency mean {lat['mean']:.3f} s (p50 {lat['p50']:.3f}, p99 {lat['p99']:.3f}); "
                          f"decode {tps['mean']:.1f} tok/s {_fmt_ci(tps['ci95'], '.1f')}")
         lc = report["logit_consistency"]
-        kld = lc["kl_divergence"]
-        lines.append(f"  KLD mean {kld['kld']['mean']:.6f} +- {kld['kld']['se']:.6f} (max {kld['kld']['max']:.6f}); "
-                     f"same top-1 {100 * kld['same_top1']['rate']:.2f} %; "
-                     f"spec 7.4 agreement rate {lc['spec_7_4']['agreement_rate']:.3f}")
+        kld, spec = lc["kl_divergence"], lc["spec_7_4"]  # None where a stack returns top logits or none
+        if kld:
+            lines.append(f"  KLD mean {kld['kld']['mean']:.6f} +- {kld['kld']['se']:.6f} "
+                         f"(max {kld['kld']['max']:.6f}); same top-1 {100 * kld['same_top1']['rate']:.2f} %")
+        if spec:
+            lines.append(f"  top-k agreement rate {spec['agreement_rate']:.3f}")
     elif report["protocol"] == "embedding" and report.get("embedding_consistency"):
         ec, sim = report["embedding_consistency"], report["similarity"]
         lines.append(f"  cosine vs reference min {ec['cosine_min']:.6f} mean {ec['cosine_mean']:.6f}; "
                      f"similarity margin {sim['margin']}")
         lines.append(f"  embed latency mean {lat['mean']:.4f} s (p99 {lat['p99']:.4f})")
+    andon = report.get("accuracy_andon")
+    if andon:
+        lines.append(f"  accuracy vs reference: {andon['model'].get('value')} vs {andon['reference'].get('value')}, "
+                     f"degradation {andon['degradation_points']} points ({andon['band']})")
     lines.append(f"  peak memory {report['memory']['peak_bytes'] / 2**20:.0f} MiB")
     lines.append("  gates: " + ", ".join(f"{g.id} {'pass' if g.passed else g.level.upper()}" for g in gates))
     for g in gates:

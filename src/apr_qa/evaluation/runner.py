@@ -3,7 +3,9 @@
 Phases, so that only one model is in memory at a time and memory figures belong to the model:
 1. model (measured window): load, sampled runs (or embedding timings), greedy pass, logits, tokenizer probe;
 2. model freed; reference loaded at float32: the same greedy pass, logits and tokenizer probe;
-3. comparisons (spec 7.4, KLD statistics, I-1, I-5) and gates.
+   (decoders: also the same sampled runs, seeds included, for the accuracy Andon);
+3. comparisons (top-k logit agreement, KLD statistics, I-1, I-5, accuracy degradation) and gates, each failed
+   gate with its Five Whys.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from ..errors import AprQaError
 from ..evidence import Evidence
 from ..fsutil import sha256_file
-from . import encoder_eval, gates, logit_consistency, protocol, tokenizer_check
+from . import accuracy_andon, encoder_eval, gates, logit_consistency, protocol, tokenizer_check
 from .memory import PeakMemory
 from .prompts import GoldenSet
 
@@ -34,6 +36,9 @@ class Evaluation:
     reference: dict[str, Any]
     sections: dict[str, Any] = field(default_factory=dict)
     gates: list[Evidence] = field(default_factory=list)
+    # decoders: the model's per-token logits on the prompts (token_ids, logits), kept out of the JSON;
+    # `apr-qa eval --logits` writes them for the differential comparison of stacks
+    prompt_logits: tuple[list[list[int]], list[torch.Tensor]] | None = None
 
 
 def describe_weights(path: str | Path) -> dict[str, Any]:
@@ -93,9 +98,11 @@ def _require_finite(tensors, what: str) -> None:
 
 def evaluate(model_path: str | Path, reference_path: str | Path, golden: GoldenSet,
              opts: protocol.EvalOptions, device: str = "cpu", dtype: str | torch.dtype = torch.float32,
-             weights: str = "packed") -> Evaluation:
+             weights: str = "packed", load=None) -> Evaluation:
     """`weights` is how the model's quantized matrices run (runtime.load_model); the reference runs
-    dequantized at float32, the exact values of its weights."""
+    dequantized at float32, the exact values of its weights. `load(model_path, device=, dtype=,
+    weights=)` builds the model under test (default: our runtime); another stack (apr_qa.stacks)
+    passes an object with the runtime's generate/logits/tokenizer interface."""
     from ..runtime import load_model
     from ..runtime.device import resolve_device
     from ..runtime.packed import resident_bytes
@@ -109,8 +116,8 @@ def evaluate(model_path: str | Path, reference_path: str | Path, golden: GoldenS
 
     memory = PeakMemory(dev)
     with memory:
-        model = load_model(model_path, device=dev, dtype=dtype, weights=weights)
-        weight_bytes = resident_bytes(model)
+        model = (load or load_model)(model_path, device=dev, dtype=dtype, weights=weights)
+        weight_bytes = getattr(model, "resident_weight_bytes", None) or resident_bytes(model)
         kind = model.kind
         runtime_dtype = str(model.dtype).removeprefix("torch.")
         try:
@@ -128,13 +135,19 @@ def evaluate(model_path: str | Path, reference_path: str | Path, golden: GoldenS
     model_info["weights"] = weights
     model_info["resident_weight_bytes"] = weight_bytes
     model_info["hidden_size"] = model_config.get("hidden_size")
+    if measured is not None and kind == "decoder" and measured["logits_kind"] == "full":
+        prompt_logits = (measured["token_ids"], measured["logits"])
+    else:
+        prompt_logits = None
 
-    ev = Evaluation("generation" if kind == "decoder" else "embedding", model_info, reference_info)
+    ev = Evaluation("generation" if kind == "decoder" else "embedding", model_info, reference_info,
+                    prompt_logits=prompt_logits)
     ev.sections["memory"] = memory.as_dict()
     ev.sections["variant"] = level
     t3 = gates.gate_t3(memory.peak_bytes, opts.memory_limit_bytes)
     if measured is None:
         ev.gates = [gates.gate_t1(0, len(golden.prompts) * opts.runs, error), t3]
+        _five_whys(ev.gates)
         return ev
 
     reference = load_model(reference_path, device=dev, dtype=torch.float32, weights="dequantized")
@@ -150,7 +163,23 @@ def evaluate(model_path: str | Path, reference_path: str | Path, golden: GoldenS
     finally:
         _free(reference)
     ev.gates.insert(2, t3)
+    _five_whys(ev.gates)
     return ev
+
+
+def _five_whys(records: list[Evidence]) -> None:
+    """Every failed gate, warnings included, carries its root-cause chain in the evidence itself,
+    so the report shows it whatever the tier (with or without a certification)."""
+    from ..certify import five_whys
+
+    five_whys.annotate(records)
+
+
+def _cost(device: str, tokens: int, seconds: float) -> dict:
+    """Device time per 1k tokens, the price-free part of the inference cost (the report multiplies it
+    by the configured price per device-hour)."""
+    return {"device": device, "tokens": tokens, "device_seconds": seconds,
+            "device_seconds_per_1k_tokens": 1000.0 * seconds / tokens if tokens and seconds else None}
 
 
 # -- decoders --------------------------------------------------------------------------------------
@@ -161,8 +190,25 @@ def _measure_decoder(model, golden: GoldenSet, opts: protocol.EvalOptions) -> di
     return {"runs": runs,
             "greedy": protocol.greedy_pass(model, golden, opts),
             "token_ids": token_ids,
-            "logits": _prompt_logits(model, token_ids),
+            "logits": _model_logits(model, token_ids),
+            "logits_kind": _logits_kind(model),
             "tokenizer": tokenizer_check.probe(model.tokenizer, _tokenizer_texts(golden))}
+
+
+def _logits_kind(model) -> str:
+    """full | top | none: another stack may return only its top logits (-inf elsewhere), or none."""
+    return getattr(model, "logits_kind", "full")
+
+
+def _model_logits(model, token_ids: list[list[int]]) -> list[torch.Tensor] | None:
+    kind = _logits_kind(model)
+    if kind == "full":
+        return _prompt_logits(model, token_ids)
+    if kind == "none":
+        return None
+    out = [model.logits([ids])[0] for ids in token_ids]
+    _require_finite([t.masked_fill(t == float("-inf"), 0.0) for t in out], "top logits")  # -inf: omitted
+    return out
 
 
 def _tokenizer_texts(golden: GoldenSet) -> list[str]:
@@ -172,20 +218,32 @@ def _tokenizer_texts(golden: GoldenSet) -> list[str]:
 def _compare_decoder(ev: Evaluation, m: dict, reference, golden: GoldenSet, opts: protocol.EvalOptions,
                      level: str) -> None:
     runs = m["runs"]
+    ref_runs = protocol.run_generation(reference, golden, opts)  # same prompts and seeds: paired runs
     ref_greedy = protocol.greedy_pass(reference, golden, opts)
-    ref_logits = _prompt_logits(reference, m["token_ids"])
+    ref_logits = _prompt_logits(reference, m["token_ids"]) if m["logits"] is not None else None
     ref_tok = tokenizer_check.probe(reference.tokenizer, _tokenizer_texts(golden))
 
     ids = [p.id for p in golden.prompts]
-    spec = logit_consistency.spec_consistency(ids, [r[-1] for r in ref_logits], [x[-1] for x in m["logits"]],
-                                              opts.agreement)
-    kld = logit_consistency.kld_summary(logit_consistency.position_stats(ref_logits, m["logits"], m["token_ids"]))
+    logits_kind = m.get("logits_kind", "full")
+    spec = kld = None
+    if m["logits"] is not None and ref_logits is not None:  # top logits: top entries, -inf elsewhere
+        spec = logit_consistency.spec_consistency(ids, [r[-1] for r in ref_logits], [x[-1] for x in m["logits"]],
+                                                  opts.agreement)
+    if logits_kind == "full" and ref_logits is not None:
+        kld = logit_consistency.kld_summary(logit_consistency.position_stats(ref_logits, m["logits"],
+                                                                             m["token_ids"]))
     i1 = {}
     for p, g, r in zip(golden.prompts, m["greedy"], ref_greedy, strict=True):
         i1[p.id] = {**logit_consistency.greedy_identity(g.token_ids, r.token_ids),
                     "model_text": g.text, "reference_text": r.text}
     i5 = tokenizer_check.compare(m["tokenizer"], ref_tok)
     i5["first_generated_token_identical"] = sum(v["first_token_identical"] for v in i1.values())
+    hits = accuracy_andon.per_prompt_hits(runs["records"])
+    ref_hits = accuracy_andon.per_prompt_hits(ref_runs["records"])
+    andon = accuracy_andon.accuracy_block(
+        "decoder", runs["accuracy"]["overall"], ref_runs["accuracy"]["overall"],
+        [{"id": p.id, "model": hits.get(p.id, 0), "reference": ref_hits.get(p.id, 0), "runs": opts.runs}
+         for p in golden.prompts])
 
     accuracy = runs["accuracy"]
     accuracy["greedy"] = protocol.greedy_accuracy(golden, m["greedy"], opts.confidence)
@@ -197,8 +255,11 @@ def _compare_decoder(ev: Evaluation, m: dict, reference, golden: GoldenSet, opts
         "latency": runs["latency"],
         "ttft": runs["ttft"],
         "throughput": runs["throughput"],
-        "logit_consistency": {"reference_dtype": "float32", "prompts": len(ids),
+        "logit_consistency": {"reference_dtype": "float32", "prompts": len(ids), "model_logits": logits_kind,
                               "spec_7_4": spec, "kl_divergence": kld},
+        "accuracy_andon": andon,
+        "cost": _cost(str(reference.device.type), runs["throughput"]["generated_tokens"],
+                      (runs["latency"]["mean"] or 0.0) * runs["latency"]["n"]),
         "invariants": {"I-1": {"level": level, "identical": all(v["identical"] for v in i1.values()),
                                "per_prompt": i1},
                        "I-5": i5},
@@ -208,10 +269,22 @@ def _compare_decoder(ev: Evaluation, m: dict, reference, golden: GoldenSet, opts
         gates.gate_t1(produced, len(runs["records"])),
         gates.gate_t2(runs["latency"]["max"], runs["timeouts"], opts.timeout_s),
         gates.gate_t4_generation(accuracy["by_category"].get("sanity")),
-        gates.gate_t5_generation(spec),
+        gates.gate_t5_generation(spec) if spec else _not_measured("T5", logits_kind),
+        gates.gate_t6_latency(runs["latency"]["p50"]),
+        gates.gate_t7_accuracy(andon),
+        gates.gate_t8_accuracy(andon),
+        gates.gate_t9_logits(kld, level) if kld else _not_measured("T9", logits_kind),
         gates.gate_i1_generation(i1, level),
-        gates.gate_i5(i5),
+        gates.gate_i5(i5, (i5["first_generated_token_identical"], len(i1)), level),
     ]
+
+
+def _not_measured(gate_id: str, logits_kind: str) -> Evidence:
+    """A logit gate the evaluated stack gives no data for: a warning that says so, never a pass."""
+    what = {"T5": "behavioural equivalence (top-k agreement of the next-token logits)",
+            "T9": "logit divergence (mean KLD, same top-1)"}[gate_id]
+    return Evidence(gate_id, what, False, None, "the model's logits", "warn",
+                    f"not measured: the stack returns {'top logits only' if logits_kind == 'top' else 'no logits'}")
 
 
 # -- encoders --------------------------------------------------------------------------------------
@@ -228,14 +301,14 @@ def _measure_encoder(model, golden: GoldenSet, opts: protocol.EvalOptions) -> di
             texts.append(text)
     embeddings = model.embed(texts).float().cpu()
     _require_finite(embeddings, "embedding")
-    return {"texts": texts, "skipped": skipped,
+    return {"texts": texts, "skipped": skipped, "tokens": sum(len(model.tokenizer.encode(t)) for t in texts),
             "latency": protocol.time_embeddings(model, texts, opts),
             "embeddings": embeddings,
             "tokenizer": tokenizer_check.probe(model.tokenizer, _tokenizer_texts(golden))}
 
 
 def _similarity(golden: GoldenSet, texts: list[str], embeddings: torch.Tensor) -> dict:
-    by_text = dict(zip(texts, embeddings))
+    by_text = dict(zip(texts, embeddings, strict=True))
     return encoder_eval.similarity_sanity(encoder_eval.pair_scores(golden.paraphrase_pairs, by_text),
                                           encoder_eval.pair_scores(golden.unrelated_pairs, by_text))
 
@@ -253,6 +326,9 @@ def _compare_encoder(ev: Evaluation, m: dict, reference, golden: GoldenSet, opts
     consistency["skipped_texts"] = m["skipped"]
     sanity = _similarity(golden, texts, emb)
     sanity["reference"] = _similarity(golden, texts, ref_emb)
+    andon = accuracy_andon.accuracy_block(
+        "encoder", {"value": sanity["ordered_fraction"]}, {"value": sanity["reference"]["ordered_fraction"]},
+        _ordered_by_pair(sanity))
     i5 = tokenizer_check.compare(m["tokenizer"], ref_tok)
     n_runs = opts.runs * len(texts)
     ev.sections.update({
@@ -261,6 +337,9 @@ def _compare_encoder(ev: Evaluation, m: dict, reference, golden: GoldenSet, opts
         "throughput": {"texts_per_s": (1.0 / m["latency"]["mean"]) if m["latency"]["mean"] else None},
         "embedding_consistency": consistency,
         "similarity": sanity,
+        "accuracy_andon": andon,
+        "cost": _cost(str(reference.device.type), m["tokens"] * opts.runs, m["latency"]["mean"] * n_runs
+                      if m["latency"]["mean"] else 0.0),
         "invariants": {"I-1": {"level": level, "identical": consistency["max_abs_diff"] == 0.0,
                                "cosine_min": consistency["cosine_min"]},
                        "I-5": i5},
@@ -270,6 +349,17 @@ def _compare_encoder(ev: Evaluation, m: dict, reference, golden: GoldenSet, opts
         gates.gate_t2(m["latency"]["max"], 0, opts.timeout_s),
         gates.gate_t4_embedding(sanity),
         gates.gate_t5_embedding(consistency, min_cosine),
+        gates.gate_t6_latency(m["latency"]["p50"], "text"),
+        gates.gate_t7_accuracy(andon),
+        gates.gate_t8_accuracy(andon),
         gates.gate_i1_embedding(consistency, level, min_cosine),
         gates.gate_i5(i5),
     ]
+
+
+def _ordered_by_pair(sanity: dict) -> list[dict]:
+    """Per paraphrase pair: how many unrelated pairs it outscores, in the model and in the reference."""
+    unrelated, ref_unrelated = sanity["unrelated"].values(), sanity["reference"]["unrelated"].values()
+    return [{"id": pid, "model": sum(score > u for u in unrelated),
+             "reference": sum(sanity["reference"]["paraphrase"][pid] > u for u in ref_unrelated)}
+            for pid, score in (sanity["paraphrase"] or {}).items()]

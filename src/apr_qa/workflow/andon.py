@@ -1,4 +1,4 @@
-"""Andon: turn tripped gates and failed stage commands into workflow decisions (spec 9.2, Jidoka).
+"""Andon: turn tripped gates and failed stage commands into workflow decisions (Jidoka: stop on a defect).
 
 State lives under one directory (default results/andon):
   events/<stage>/<subject>.json   why a stage failed for one model or model/variant (read by the report)
@@ -6,10 +6,11 @@ State lives under one directory (default results/andon):
                                   reviews the cause and runs `apr-qa andon reset`
 
 Levels: warn flags only; fail skips that model/variant (its job fails, the rest continue);
-halt stops the line. Failure policies decide which levels pull the cord:
+halt stops the line under every policy (a halt gate means the line itself cannot be trusted:
+checksums that do not match, a corrupt artifact). Failure policies decide what else pulls the cord:
   stop-on-first  any fail or halt stops the line
   stop-on-p0     halt-level gates stop the line, fail-level ones skip (default)
-  collect-all    nothing stops; every failure is collected in the report
+  collect-all    fail-level outcomes are collected in the report and the line goes on; halt still stops
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import subprocess
 import sys
 from collections import deque
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 from ..errors import AprQaError
 from ..fsutil import write_text_atomic
@@ -33,8 +35,6 @@ GATE_ID = re.compile(r"\b(?:[CDGTV]\d+|I-\d)\b")
 def stops_line(level: str, policy: str) -> bool:
     if policy not in POLICIES:
         raise AprQaError(f"unknown failure policy {policy!r} (choose from {', '.join(POLICIES)})")
-    if policy == "collect-all":
-        return False
     return level == "halt" or (policy == "stop-on-first" and level == "fail")
 
 
@@ -132,7 +132,7 @@ def run(cmd: list[str], stage: str, subject: str, state: Path, policy: str, evid
         clear_event(state, stage, subject)
         return 0
     level = EXIT_LEVEL.get(rc, "fail")
-    message = next((l for l in reversed(tail) if "error" in l.lower() or "gate" in l.lower()),
+    message = next((ln for ln in reversed(tail) if "error" in ln.lower() or "gate" in ln.lower()),
                    tail[-1] if tail else f"exit status {rc}")
     gates = [{"id": gid, "level": level, "passed": False, "message": message} for gid in _gate_ids(tail)]
     print(f"ANDON {level.upper()}: {stage} of {subject} failed (exit {rc}): {message}", file=sys.stderr)
