@@ -24,6 +24,8 @@ COMMAND_MODULES = [
     "apr_qa.commands.workflow",   # download, verify-checksums, fingerprint, report
     "apr_qa.commands.certify",    # score, serve, sync-readme, ...
     "apr_qa.commands.export",     # export-gguf
+    "apr_qa.commands.stacks",     # diff-stacks (differential certification of two stacks)
+    "apr_qa.commands.cache",      # cache ls | gc | pin | unpin (the JIT model cache)
 ]
 
 EXIT_OK, EXIT_GATE_FAIL, EXIT_USAGE, EXIT_HALT = 0, 1, 2, 3
@@ -39,13 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"apr-qa {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # command group not built yet
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(name).register(sub)  # a module that fails to import fails the CLI
     return parser
 
 

@@ -1,4 +1,5 @@
-"""`apr-qa eval`: the evaluation protocol (spec section 7) with gates T1-T5 and invariants I-1, I-5."""
+"""`apr-qa eval`: the evaluation protocol (seeded runs, statistics, logit consistency) with gates
+T1-T5 and invariants I-1, I-5."""
 
 from __future__ import annotations
 
@@ -34,6 +35,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per prompt, gate T2 (default 30)")
     p.add_argument("--min-cosine", type=float,
                    help="encoders: minimum cosine vs the reference (default depends on the quantization level)")
+    p.add_argument("--stack", default="builtin",
+                   help="the stack that runs the model (docs/stacks.md): builtin (default), llamacpp, or a stack "
+                        "specification as JSON, e.g. '{\"name\": \"rt\", \"kind\": \"command\", \"argv\": [\"rt\"]}'")
+    p.add_argument("--variant", help="the variant name, for the stack's fingerprint in the JSON (default: the "
+                                     "model's quantization level)")
+    p.add_argument("--logits", type=Path,
+                   help="also write the model's per-token logits on the prompts (.npz) for `apr-qa diff-stacks`")
     p.set_defaults(func=cmd_eval)
 
 
@@ -43,9 +51,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..evaluation.prompts import load_golden
     from ..evaluation.protocol import EvalOptions
     from ..evaluation.report_json import build_report, summary_lines, utc_now, write_report
-    from ..evaluation.runner import evaluate
+    from ..errors import AprQaError
     from ..evidence import exit_code
+    from ..stacks import StackSpec
+    from ..stacks.evaluation import evaluate_on_stack, greedy_sampling_block
 
+    spec = StackSpec.parse(args.stack, "--stack")
     golden = load_golden(args.prompts)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -54,10 +65,49 @@ def cmd_eval(args: argparse.Namespace) -> int:
                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                        timeout_s=args.timeout, min_cosine=args.min_cosine)
     started, t0 = utc_now(), time.perf_counter()
-    ev = evaluate(args.model, args.reference, golden, opts, device=args.device, dtype=args.dtype,
-                  weights=args.weights)
+    ev, opts, stack = evaluate_on_stack(spec, args.model, args.reference, golden, opts, device=args.device,
+                                        dtype=args.dtype, weights=args.weights, threads=args.threads,
+                                        variant=args.variant or _level(args.model))
+    if ev is None:  # a model the stack does not run (an encoder on llama.cpp): said so, exit 0
+        return _not_applicable(args, stack, started)
+    if args.logits is not None:  # empty for an encoder, or a stack that returns top logits or none
+        from ..stacks.logits_file import write_logits
+
+        logits = ([p.id for p in golden.prompts], *ev.prompt_logits) if ev.prompt_logits else ([], [], [])
+        stack["logits"] = write_logits(args.logits, *logits)
     report = build_report(ev, golden, opts, args.device, started, utc_now(), time.perf_counter() - t0)
-    write_report(args.json, report)
+    report["stack"] = stack
+    if spec.kind != "builtin" and report["sampling"]:
+        report["sampling"] = greedy_sampling_block(opts)
+    try:
+        write_report(args.json, report)
+    except AprQaError:
+        if args.logits is not None:  # no partial output: the logits belong to the JSON that failed
+            args.logits.unlink(missing_ok=True)
+        raise
     for line in summary_lines(report, ev.gates):
         print(line, file=sys.stderr)
     return exit_code(ev.gates)
+
+
+def _level(model: Path) -> str | None:
+    """The .apr's quantization level (its variant name in the workflow), None for a source."""
+    if model.suffix != ".apr":
+        return None
+    from ..apr import AprReader
+
+    with AprReader(model) as reader:
+        return (reader.metadata.get("quantization") or {}).get("level")
+
+
+def _not_applicable(args: argparse.Namespace, stack: dict, started: str) -> int:
+    from ..evaluation.report_json import utc_now, write_report
+    from ..stacks.evaluation import not_applicable_report
+    from ..stacks.logits_file import write_logits
+
+    if args.logits is not None:  # an empty logits file: the workflow's rule expects one
+        stack["logits"] = write_logits(args.logits, [], [], [])
+    write_report(args.json, not_applicable_report(args.model, stack, started, utc_now()))
+    print(f"apr-qa eval: {args.model}: not evaluated on stack {stack['name']}: {stack['not_applicable']}",
+          file=sys.stderr)
+    return 0
