@@ -320,10 +320,25 @@ def start_run():
     mark_not_current(Path(REPORT), time.strftime("%Y-%m-%d %H:%M:%S %Z"))
 
 
+def release_leases():
+    """At the end of a run nothing of it is queued any more: the leases its jobs took on the models'
+    revisions in the model cache end here (one left by a killed run expires after lease_hours)."""
+    from apr_qa.workflow import model_cache
+
+    for m in MODELS:
+        manifest = Path(MANIFEST.format(model=m))
+        try:
+            if manifest.exists():
+                model_cache.release(manifest, None)
+        except Exception as exc:  # best effort: the lease still expires
+            print(f"ERROR: releasing the model cache lease of {m}: {exc}", file=sys.stderr)
+
+
 def finish_run():
     """onsuccess: the board, when this run did not rewrite it (no report job ran)."""
     from apr_qa.workflow.report import is_not_current
 
+    release_leases()
     if is_not_current(Path(REPORT)):
         write_board()
 
@@ -334,6 +349,7 @@ def write_report_after_failure():
     fails says so on stderr; the board is removed first, so it is never left claiming a state the
     results no longer have."""
     drop_board()
+    release_leases()
     if TIER:
         from apr_qa.workflow.blocked import certify_blocked
 

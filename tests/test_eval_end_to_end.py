@@ -54,7 +54,7 @@ def test_decoder_against_itself_is_identical(models, golden):
     assert kld["kld"]["max"] == 0.0 and kld["same_top1"]["rate"] == 1.0
     assert kld["delta_p"]["rms"] == 0.0 and kld["perplexity"]["ratio"] == 1.0
     assert kld["positions"] == sum(r["prompt_tokens"] for r in ev.sections["runs"]["records"][:9])
-    spec = ev.sections["logit_consistency"]["spec_7_4"]
+    spec = ev.sections["logit_consistency"]["top_k_agreement"]
     assert spec["agreement_rate"] == 1.0 and spec["mean_agreement"] == 1.0
     assert ev.sections["invariants"]["I-1"]["identical"]
     assert ev.sections["invariants"]["I-5"]["passed"] and ev.sections["invariants"]["I-5"]["lossless"]
@@ -71,7 +71,7 @@ def test_perturbed_decoder_is_caught(models, golden):
     kld = ev.sections["logit_consistency"]["kl_divergence"]
     assert kld["kld"]["mean"] > 1e-4 and kld["kld"]["min"] > 0
     assert kld["delta_p"]["rms"] > 0 and kld["perplexity"]["ratio"] != 1.0
-    spec = ev.sections["logit_consistency"]["spec_7_4"]
+    spec = ev.sections["logit_consistency"]["top_k_agreement"]
     assert spec["mean_agreement"] < 1.0
     assert not gate(ev, "T5").passed and gate(ev, "T5").level == "warn"
     i1 = ev.sections["invariants"]["I-1"]

@@ -66,19 +66,19 @@ def test_pearson():
 
 # -- top-k agreement -------------------------------------------------------------------------------
 
-def test_spec_agreement_formula_on_crafted_lists():
+def test_top_k_agreement_formula_on_crafted_lists():
     k, tol = 4, 0.1
     orig = [(1, 5.0), (2, 4.0), (3, 3.0), (4, 2.0)]
-    assert lc.spec_agreement(orig, orig, k, tol) == 1.0
+    assert lc.top_k_agreement(orig, orig, k, tol) == 1.0
     # same tokens, two logits off by more than the tolerance: 0.5 * 4/4 + 0.5 * 2/4
     conv = [(1, 5.05), (2, 4.2), (3, 2.5), (4, 2.0)]
-    assert lc.spec_agreement(orig, conv, k, tol) == 0.75
+    assert lc.top_k_agreement(orig, conv, k, tol) == 0.75
     # two tokens replaced, both shared ones within tolerance: 0.5 * 2/4 + 0.5 * 2/4
     conv = [(1, 5.0), (9, 4.5), (2, 3.95), (8, 1.0)]
-    assert lc.spec_agreement(orig, conv, k, tol) == 0.5
-    assert lc.spec_agreement(orig, [(7, 1.0)], k, tol) == 0.0
+    assert lc.top_k_agreement(orig, conv, k, tol) == 0.5
+    assert lc.top_k_agreement(orig, [(7, 1.0)], k, tol) == 0.0
     # boundary: a difference equal to the tolerance agrees (<=)
-    assert lc.spec_agreement([(1, 1.0)], [(1, 1.5)], 1, 0.5) == 1.0
+    assert lc.top_k_agreement([(1, 1.0)], [(1, 1.5)], 1, 0.5) == 1.0
 
 
 def test_top_k_is_descending_and_stable_on_ties():
@@ -86,12 +86,12 @@ def test_top_k_is_descending_and_stable_on_ties():
     assert lc.top_k(logits, 3) == [(4, 3.0), (1, 2.0), (2, 2.0)]
 
 
-def test_spec_consistency_rate_and_divergent_samples():
+def test_top_k_consistency_rate_and_divergent_samples():
     base = torch.arange(20, dtype=torch.float32)
     same, shifted = base.clone(), base.clone()
     shifted[19] -= 0.5                                  # top token's logit moves beyond 0.1: score 0.95
     reversed_ = -base                                   # a different top 10: score 0
-    out = lc.spec_consistency(["a", "b", "c"], [base, base, base], [same, shifted, reversed_])
+    out = lc.top_k_consistency(["a", "b", "c"], [base, base, base], [same, shifted, reversed_])
     assert [p["agreement"] for p in out["per_prompt"]] == [1.0, 0.95, 0.0]
     assert out["agreement_rate"] == pytest.approx(2 / 3)
     assert out["passed"] is False and out["divergent_count"] == 1

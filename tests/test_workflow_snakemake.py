@@ -124,7 +124,7 @@ def built(workspace) -> subprocess.CompletedProcess:
     return proc
 
 
-def test_full_build(workspace, built):
+def test_full_build(workspace, built, hub_cache):
     want = {("download", m) for m in MODELS} | {("report", "")}
     for m in MODELS:
         for v in VARIANTS:
@@ -136,6 +136,9 @@ def test_full_build(workspace, built):
         manifest = json.loads((workspace / f"results/download/{m}/manifest.json").read_text())
         assert re.fullmatch(r"[0-9a-f]{40}", manifest["commit"]) and manifest["offline"] is True
         assert manifest["commit"] in report
+    # the convert jobs leased the models' revisions in the model cache; the run's end released them all
+    state = json.loads((hub_cache.with_name(hub_cache.name + ".apr-qa") / "state.json").read_text())
+    assert state["leases"] == {}
 
 
 def test_noop_plans_zero_jobs(workspace, built):

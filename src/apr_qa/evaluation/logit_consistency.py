@@ -34,8 +34,8 @@ def top_k(logits: torch.Tensor, k: int) -> list[tuple[int, float]]:
     return [(int(i), float(v)) for i, v in zip(order[:k].tolist(), values[:k].tolist(), strict=True)]
 
 
-def spec_agreement(orig: Sequence[tuple[int, float]], conv: Sequence[tuple[int, float]],
-                   k: int, tolerance: float) -> float:
+def top_k_agreement(orig: Sequence[tuple[int, float]], conv: Sequence[tuple[int, float]],
+                    k: int, tolerance: float) -> float:
     """0.5 * |token overlap| / k + 0.5 * |shared tokens whose logits differ <= tolerance| / k."""
     orig_tokens = {idx for idx, _ in orig}
     conv_values: dict[int, float] = {}
@@ -47,15 +47,15 @@ def spec_agreement(orig: Sequence[tuple[int, float]], conv: Sequence[tuple[int, 
     return 0.5 * overlap / k + 0.5 * logit_agreements / k
 
 
-def spec_consistency(prompt_ids: Sequence[str], reference_next: Sequence[torch.Tensor],
-                     model_next: Sequence[torch.Tensor], config: AgreementConfig = AgreementConfig()) -> dict:
+def top_k_consistency(prompt_ids: Sequence[str], reference_next: Sequence[torch.Tensor],
+                      model_next: Sequence[torch.Tensor], config: AgreementConfig = AgreementConfig()) -> dict:
     """A prompt agrees when its top-k agreement score >= min_agreement; pass when the share of
     agreeing prompts >= min_agreement. Inputs are each prompt's last-position logits [vocab]."""
     per_prompt: list[dict[str, Any]] = []
     divergent: list[dict[str, Any]] = []
     for pid, ref, mod in zip(prompt_ids, reference_next, model_next, strict=True):
         ref_top, mod_top = top_k(ref, config.top_k), top_k(mod, config.top_k)
-        score = spec_agreement(ref_top, mod_top, config.top_k, config.logit_tolerance)
+        score = top_k_agreement(ref_top, mod_top, config.top_k, config.logit_tolerance)
         per_prompt.append({"id": pid, "agreement": score})
         if score < config.min_agreement:
             divergent.append({"id": pid, "agreement": score,

@@ -118,12 +118,12 @@ def summary_lines(report: dict[str, Any], gates: list[Evidence]) -> list[str]:
             lines.append(f"  latency mean {lat['mean']:.3f} s (p50 {lat['p50']:.3f}, p99 {lat['p99']:.3f}); "
                          f"decode {tps['mean']:.1f} tok/s {_fmt_ci(tps['ci95'], '.1f')}")
         lc = report["logit_consistency"]
-        kld, spec = lc["kl_divergence"], lc["spec_7_4"]  # None where a stack returns top logits or none
+        kld, agreement = lc["kl_divergence"], lc["top_k_agreement"]  # None where a stack returns top logits or none
         if kld:
             lines.append(f"  KLD mean {kld['kld']['mean']:.6f} +- {kld['kld']['se']:.6f} "
                          f"(max {kld['kld']['max']:.6f}); same top-1 {100 * kld['same_top1']['rate']:.2f} %")
-        if spec:
-            lines.append(f"  top-k agreement rate {spec['agreement_rate']:.3f}")
+        if agreement:
+            lines.append(f"  top-k agreement rate {agreement['agreement_rate']:.3f}")
     elif report["protocol"] == "embedding" and report.get("embedding_consistency"):
         ec, sim = report["embedding_consistency"], report["similarity"]
         lines.append(f"  cosine vs reference min {ec['cosine_min']:.6f} mean {ec['cosine_mean']:.6f}; "

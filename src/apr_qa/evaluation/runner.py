@@ -225,10 +225,10 @@ def _compare_decoder(ev: Evaluation, m: dict, reference, golden: GoldenSet, opts
 
     ids = [p.id for p in golden.prompts]
     logits_kind = m.get("logits_kind", "full")
-    spec = kld = None
+    agreement = kld = None
     if m["logits"] is not None and ref_logits is not None:  # top logits: top entries, -inf elsewhere
-        spec = logit_consistency.spec_consistency(ids, [r[-1] for r in ref_logits], [x[-1] for x in m["logits"]],
-                                                  opts.agreement)
+        agreement = logit_consistency.top_k_consistency(ids, [r[-1] for r in ref_logits],
+                                                        [x[-1] for x in m["logits"]], opts.agreement)
     if logits_kind == "full" and ref_logits is not None:
         kld = logit_consistency.kld_summary(logit_consistency.position_stats(ref_logits, m["logits"],
                                                                              m["token_ids"]))
@@ -256,7 +256,7 @@ def _compare_decoder(ev: Evaluation, m: dict, reference, golden: GoldenSet, opts
         "ttft": runs["ttft"],
         "throughput": runs["throughput"],
         "logit_consistency": {"reference_dtype": "float32", "prompts": len(ids), "model_logits": logits_kind,
-                              "spec_7_4": spec, "kl_divergence": kld},
+                              "top_k_agreement": agreement, "kl_divergence": kld},
         "accuracy_andon": andon,
         "cost": _cost(str(reference.device.type), runs["throughput"]["generated_tokens"],
                       (runs["latency"]["mean"] or 0.0) * runs["latency"]["n"]),
@@ -269,7 +269,7 @@ def _compare_decoder(ev: Evaluation, m: dict, reference, golden: GoldenSet, opts
         gates.gate_t1(produced, len(runs["records"])),
         gates.gate_t2(runs["latency"]["max"], runs["timeouts"], opts.timeout_s),
         gates.gate_t4_generation(accuracy["by_category"].get("sanity")),
-        gates.gate_t5_generation(spec) if spec else _not_measured("T5", logits_kind),
+        gates.gate_t5_generation(agreement) if agreement else _not_measured("T5", logits_kind),
         gates.gate_t6_latency(runs["latency"]["p50"]),
         gates.gate_t7_accuracy(andon),
         gates.gate_t8_accuracy(andon),

@@ -117,7 +117,7 @@ def _board(results: Path, models: list[str], variants: list[str], prompts: Path 
     table = []
     for r in rows:
         c, e = r["_convert"], r["_eval"]
-        lc = _get(e, "logit_consistency", "spec_7_4") or _get(e, "embedding_consistency") or {}
+        lc = _get(e, "logit_consistency", "top_k_agreement") or _get(e, "embedding_consistency") or {}
         kl = _get(e, "logit_consistency", "kl_divergence") or {}
         kld = kl.get("kld") or {}
         table.append([
@@ -131,7 +131,7 @@ def _board(results: Path, models: list[str], variants: list[str], prompts: Path 
             _num(_get(e, "memory", "peak_bytes") and _get(e, "memory", "peak_bytes") / 2**20, ".0f"),
         ])
     out += [("table", ["model", "variant", "size MB", "convert s", "params", "accuracy", "greedy acc",
-                       "latency s", "decode tok/s", "7.4 agreement / cos min", "mean KLD", "same top-1",
+                       "latency s", "decode tok/s", "top-k agreement / cos min", "mean KLD", "same top-1",
                        "RMS dp", "peak MiB"], table)]
 
     out += [("h2", "Gates"), ("p", "Failed and warning gates (measured vs threshold); passing gates are counted.")]
