@@ -25,8 +25,9 @@ checkpoint download:
         pins=lambda wc: " ".join(f"--sha256 '{n}={h}'" for n, h in MODELS[wc.model].get("sha256", {}).items()),
         max_gb=config["download"]["max_size_gb"],
         retries=config["download"]["retries"],
+        slow_s=config["download"].get("slow_s", 600),
         andon=lambda wc: andon("download", wc.model),
     shell:
         "{params.andon} apr-qa download {params.repo} --id {wildcards.model} --revision {params.revision} "
         "{params.files} {params.pickle} {params.pins} --max-size-gb {params.max_gb} --retries {params.retries} "
-        "--manifest {output.manifest} > {log} 2>&1"
+        "--slow-s {params.slow_s} --manifest {output.manifest} > {log} 2>&1"

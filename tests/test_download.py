@@ -64,6 +64,14 @@ def test_success_records_commit_and_verified_files(tmp_path, repo):
     assert TOKEN not in everything
 
 
+def test_slow_download_is_yellow_with_d6(tmp_path, repo):
+    with HubMirror({"org/tiny": repo}) as hub:
+        proc, m = download(tmp_path, hub, "org/tiny", "--slow-s", "1e-9")
+    assert proc.returncode == 0, proc.stderr  # a warning: the model is still downloaded and converted
+    d6 = next(g for g in m["gates"] if g["id"] == "D6")
+    assert m["status"] == "ok" and not d6["passed"] and d6["level"] == "warn" and d6["threshold"] == "<= 1e-09 s"
+
+
 def test_missing_token_is_refused_by_the_server(tmp_path, repo):
     with HubMirror({"org/tiny": repo}, token=TOKEN) as hub:
         proc, m = download(tmp_path, hub, "org/tiny")

@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", type=Path, help="HF cache directory (default: HF_HUB_CACHE)")
     p.add_argument("--max-size-gb", type=float, default=10.0, help="gate D5 warns above this total size")
     p.add_argument("--retries", type=int, default=3, help="gate D3 retries on network errors")
+    p.add_argument("--slow-s", type=float, default=600.0, help="gate D6 warns when fetch and verify take longer")
     p.add_argument("--backoff", type=float, default=2.0, help="first retry wait in seconds (doubles)")
     p.add_argument("--unsafe-allow-pickle", action="store_true", help="gate G6: allow pickle weights (.bin/.pt)")
     p.add_argument("--sha256", action="append", default=[], metavar="NAME=HEX",
@@ -122,7 +123,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     spec = ModelSpec(args.model_id or args.repo.split("/")[-1], args.repo, args.revision, args.files,
                      args.unsafe_allow_pickle, parse_pins(args.sha256))
     manifest = download(spec, Options(args.cache_dir, args.max_size_gb, args.retries, args.backoff,
-                                        lease_holder=str(args.manifest.resolve())))
+                                        lease_holder=str(args.manifest.resolve()), slow_s=args.slow_s))
     write_text_atomic(args.manifest, json.dumps(manifest, indent=2) + "\n")
     if manifest["status"] == "ok":
         print(f"{spec.repo}@{manifest['commit']}: {len(manifest['files'])} files, "
