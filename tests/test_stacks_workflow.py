@@ -42,6 +42,8 @@ def test_every_variant_is_evaluated_and_compared_on_each_stack(built):
         assert builtin["stack"]["name"] == "builtin" and builtin["stack"]["logits"]["positions"] > 0
     report = (ws / "results/report.md").read_text()
     assert "## Stacks (differential certification)" in report
+    rows = [line for line in report.splitlines() if line.startswith(f"| {MODEL} ") and "| builtin " in line]
+    assert len(rows) == len(VARIANTS)  # one builtin row per variant, named by the workflow's model id
 
 
 def test_a_new_command_binary_reruns_only_its_stack(built):

@@ -20,7 +20,7 @@ def read_differentials(results: Path, models: list[str], variants: list[str]) ->
             folder = path(results, "differential", model=model, variant=variant, stack="-").parent
             for file in sorted(folder.glob("*.json")):
                 try:
-                    out.append(json.loads(file.read_text()))
+                    out.append({**json.loads(file.read_text()), "model_id": model})  # the workflow's name
                 except (OSError, ValueError):
                     continue  # a record being written, or damaged: the rule that writes it fails on its own
     return out
@@ -42,7 +42,7 @@ def differential_blocks(records: list[dict[str, Any]]) -> list[tuple]:
     for r in sorted(records, key=lambda r: (r["model"]["path"], r["model"].get("variant") or "",
                                             r["stacks"][1]["name"])):
         first, second = r["stacks"]
-        model = Path(r["model"]["path"]).name
+        model = r.get("model_id") or Path(r["model"]["path"]).name
         if "not_compared" in r:
             rows.append([model, r["model"].get("variant") or "-", second["name"], *["-"] * 7,
                          f"not compared: {r['not_compared']}"])
