@@ -86,3 +86,14 @@ def tiny_gguf(tiny_dir, tiny_llama):
         return _once(tiny_dir / f"llama_{qtype}.gguf", lambda p: tiny_models.make_tiny_gguf(tiny_llama, p, qtype=qtype))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def llama_cpp():
+    """llama-cpp-python, the llama.cpp cross-checks' peer (make setup builds it where it can)."""
+    try:
+        import llama_cpp
+    except ImportError as exc:
+        pytest.skip(f"llama-cpp-python is not importable ({exc}): the llama.cpp checks did not run "
+                    "(recorded golden bytes are still checked)")
+    return llama_cpp

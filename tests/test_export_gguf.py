@@ -362,14 +362,6 @@ def test_minilm_exports_with_its_pooling(minilm_dir, tmp_path):
 
 # --- llama.cpp --------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def llama_cpp():
-    try:
-        import llama_cpp
-    except ImportError as exc:
-        pytest.skip(f"llama-cpp-python is not importable ({exc}): llama.cpp checks not run")
-    return llama_cpp
-
 
 def _llamacpp_outputs(llama_cpp, path: Path, ids: list[int], encoder: bool) -> torch.Tensor:
     model = llama_cpp.Llama(str(path), n_ctx=64, n_batch=64, logits_all=not encoder, embedding=encoder,

@@ -117,13 +117,6 @@ def test_falcon_q5_k_choices_become_q6_k_and_say_so(tmp_path):
 # --- live llama.cpp --------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def llama_cpp():
-    return pytest.importorskip("llama_cpp", exc_type=ImportError,
-                               reason="llama-cpp-python is not installed (not a dependency); "
-                                      "only the recorded golden bytes were checked")
-
-
 def test_live_llamacpp_gives_the_same_bytes(llama_cpp, tiny8):
     for model in GOLDEN["models"]:
         hf_dir, work = tiny8(model)

@@ -180,14 +180,6 @@ def test_a_failing_runtime_fails_the_evaluation_without_output(what, names, apr,
 
 # -- llama.cpp ---------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def llama_cpp():
-    try:
-        import llama_cpp
-    except ImportError as exc:
-        pytest.skip(f"llama-cpp-python is not importable ({exc}): the llamacpp stack is not run")
-    return llama_cpp
-
 
 def test_llamacpp_stack_runs_the_export_and_agrees_with_builtin(llama_cpp, apr, tiny_llama, evaluations, tmp_path):
     folder = tmp_path / "llamacpp"
