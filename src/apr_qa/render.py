@@ -104,6 +104,11 @@ document.querySelectorAll("table.sortable th").forEach(function (th) {
 });
 """
 
+def number(x: Any, fmt: str = ".3g") -> str:
+    """A table cell of a measurement: "-" when there is none, numbers in `fmt`, anything else as text."""
+    return "-" if x is None else format(x, fmt) if isinstance(x, (int, float)) else str(x)
+
+
 def _md_cell(cell: Any) -> Any:
     if isinstance(cell, Cell):
         return f"[{cell.text}]({cell.href})" if cell.href else cell.text

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..render import number as _num
 from .differential import GATE_ID, MAX_MEAN_KLD, MIN_SAME_TOP1
 
 
@@ -24,10 +25,6 @@ def read_differentials(results: Path, models: list[str], variants: list[str]) ->
                 except (OSError, ValueError):
                     continue  # a record being written, or damaged: the rule that writes it fails on its own
     return out
-
-
-def _num(x: Any, fmt: str = ".3g") -> str:
-    return "-" if x is None else format(x, fmt)
 
 
 def _pct(x: Any) -> str:

@@ -22,6 +22,7 @@ from ..errors import AprQaError
 from ..fsutil import sha256_file, write_text_atomic
 from ..layout import path
 from ..render import Block, Cell, inline, to_html, to_markdown
+from ..render import number as _num
 from ..stacks.report_section import differential_blocks, read_differentials
 from .andon import stop_reason
 from .fingerprint import STAGES as FP_STAGES
@@ -40,10 +41,6 @@ def _get(doc: Any, *keys: str) -> Any:
             return None
         doc = doc.get(key)
     return doc
-
-
-def _num(x: Any, fmt: str = ".3g") -> str:
-    return "-" if x is None else format(x, fmt) if isinstance(x, (int, float)) else str(x)
 
 
 def _with_ci(block: Any, fmt: str = ".3g", scale: float = 1.0) -> str:
