@@ -8,7 +8,12 @@
 # Rules are thin `apr-qa ...` calls. Design notes (early cutoff, andon, checksums): rules/common.smk.
 from snakemake.utils import min_version, validate
 
+from apr_qa.workflow.overhead import coalesce_reevaluations, tame_collector
+
 min_version("9.0")
+# Snakemake's own CPU on large DAGs and long runs (why and figures: apr_qa/workflow/overhead.py)
+tame_collector()
+coalesce_reevaluations()
 
 
 configfile: "config/config.yaml"

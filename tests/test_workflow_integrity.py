@@ -87,7 +87,9 @@ def test_verify_checksums_accepts_manifests_cache_entries_and_several_records(ap
     manifest.write_text(json.dumps({"status": "ok", "repo": "t/m", "files": [
         {"name": "config.json", "path": str(side), "sha256": checksums.sha256(side, cache_dir=None)}]}))
     cache = tmp_path / "cache"
-    checksums.sha256(apr, cache_dir=cache)
+    big = tmp_path / "big.bin"  # files this size get cache entries (smaller ones are hashed directly)
+    big.write_bytes(os.urandom(checksums.DIRECT_BELOW))
+    checksums.sha256(big, cache_dir=cache)
     entry = next(cache.glob("*.json"))
     assert set(json.loads(entry.read_text())) == {"path", "stat", "sha256"}
     proc = apr_qa("verify-checksums", manifest, entry, apr.with_name("m.apr.sha256.json"), "--no-cache")

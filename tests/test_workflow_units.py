@@ -17,7 +17,7 @@ from apr_qa.workflow import andon, checksums, fingerprint
 def test_checksum_cache_hit_miss_and_invalidation(tmp_path):
     cache = tmp_path / "cache"
     f = tmp_path / "big.bin"
-    f.write_bytes(os.urandom(1 << 16))
+    f.write_bytes(os.urandom(checksums.DIRECT_BELOW))
     first = checksums.sha256(f, cache)
     assert first == sha256_file(f) and len(list(cache.iterdir())) == 1
     # a cache hit is served from the entry: prove it by planting a different digest for the same stat key
@@ -31,10 +31,18 @@ def test_checksum_cache_hit_miss_and_invalidation(tmp_path):
     assert checksums.sha256(f, cache) == sha256_file(f) != first
 
 
+def test_small_files_are_hashed_directly_without_an_entry(tmp_path):
+    cache = tmp_path / "cache"
+    f = tmp_path / "evidence.json"
+    f.write_bytes(b"{}" * 100)
+    assert checksums.sha256(f, cache) == sha256_file(f)
+    assert not cache.exists() or not list(cache.iterdir())
+
+
 def test_restoring_mtime_does_not_fool_the_cache(tmp_path):
     cache = tmp_path / "cache"
     f = tmp_path / "w.bin"
-    f.write_bytes(b"a" * 1000)
+    f.write_bytes(b"a" * checksums.DIRECT_BELOW)
     st = f.stat()
     before = checksums.sha256(f, cache)
     with open(f, "r+b") as fh:

@@ -6,7 +6,9 @@ from user space, so even a write followed by `touch -d` to restore the mtime inv
 `verify(..., use_cache=False)` rehashes regardless.
 
 Entries live in a directory (one small JSON file per hashed path, named by the path's hash), so
-concurrent jobs never contend for a shared file and each entry is replaced atomically.
+concurrent jobs never contend for a shared file and each entry is replaced atomically. Files under
+DIRECT_BELOW bytes (evidence JSON, records) are hashed directly and never cached: reading them costs
+less than reading and writing an entry, and planning a large workflow digests thousands of them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from ..fsutil import sha256_file, write_text_atomic
 
 CACHE_ENV = "APR_QA_CHECKSUM_CACHE"
+DIRECT_BELOW = 256 * 1024
 
 
 def _stat_key(path: Path) -> list[int]:
@@ -37,10 +40,10 @@ def cache_dir_from_env() -> Path | None:
 
 def sha256(path: str | Path, cache_dir: str | Path | None = None, use_cache: bool = True) -> str:
     """The file's SHA-256 hex digest, from the cache when its stat key still matches."""
-    path = Path(path).resolve()
     cache_dir = Path(cache_dir) if cache_dir is not None else cache_dir_from_env()
-    if cache_dir is None:
+    if cache_dir is None or os.stat(path).st_size < DIRECT_BELOW:
         return sha256_file(path)
+    path = Path(path).resolve()
     entry = _entry_path(cache_dir, path)
     key = _stat_key(path)
     if use_cache:
