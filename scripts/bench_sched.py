@@ -9,6 +9,8 @@ what a run on real models spends on scheduling.
 
     python scripts/bench_sched.py                        # 4 models x f16,bf16,q8_0, tier quick
     python scripts/bench_sched.py --models 8 --tier none # gates only
+    python scripts/bench_sched.py --real smollm2-135m    # the default config's real model(s) instead
+                                                         # (needs `make hub`; tier, variants, stacks as configured)
 """
 
 from __future__ import annotations
@@ -91,6 +93,25 @@ def workspace(root: Path, models: list[tuple[str, str]], variants: list[str], ti
     return ws
 
 
+def real_workspace(root: Path, ids: list[str]) -> Path:
+    """The repository's own config, keeping only the named models (their hub cache, prompts, tier)."""
+    import yaml
+
+    ws = root / "workflow"
+    ws.mkdir()
+    for name in ("Snakefile", "rules", "envs", "profiles", "models"):
+        (ws / name).symlink_to(ROOT / name)
+    shutil.copytree(ROOT / "config", ws / "config")
+    cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    unknown = set(ids) - {m["id"] for m in cfg["models"]}
+    if unknown:
+        sys.exit(f"config/config.yaml has no model {', '.join(sorted(unknown))}")
+    cfg["models"] = [m for m in cfg["models"] if m["id"] in ids]
+    cfg["model_cache"] = {**cfg.get("model_cache", {}), "evict_after_certify": False}  # keep the shared hub
+    (ws / "config/config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return ws
+
+
 def run(ws: Path, *args: str) -> tuple[float, float, float]:
     """Wall seconds, the Snakemake process's own CPU seconds, and its jobs' CPU seconds."""
     cpu_file = ws / ".snakemake-cpu.json"
@@ -113,18 +134,24 @@ def main() -> int:
     ap.add_argument("--models", type=int, default=4)
     ap.add_argument("--variants", default="f16,bf16,q8_0")
     ap.add_argument("--tier", default="quick", help="a playbook name, or none (gates only)")
+    ap.add_argument("--real", help="comma-separated model ids of config/config.yaml to run instead of tiny llamas")
     ap.add_argument("--keep", type=Path, help="build the workspace here and keep it")
     args = ap.parse_args()
     tier = None if args.tier == "none" else args.tier
     root = args.keep or Path(tempfile.mkdtemp(prefix="bench_sched_"))
     root.mkdir(parents=True, exist_ok=True)
     try:
-        ws = workspace(root, hub_cache(root, args.models), args.variants.split(","), tier)
+        if args.real:
+            ws = real_workspace(root, args.real.split(","))
+            what = f"{args.real} as configured in config/config.yaml"
+        else:
+            ws = workspace(root, hub_cache(root, args.models), args.variants.split(","), tier)
+            what = f"{args.models} tiny llamas x {args.variants}, tier {args.tier}"
         rows = [("fresh run", *run(ws)), ("no-op run", *run(ws))]
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
-    print(f"snakemake --cores 2, {args.models} tiny llamas x {args.variants}, tier {args.tier}")
+    print(f"snakemake --cores 2, {what}")
     print(f"{'run':<12} {'wall s':>8} {'snakemake CPU s':>16} {'jobs CPU s':>11} {'snakemake share':>16}")
     for name, wall, own, jobs in rows:
         print(f"{name:<12} {wall:>8.1f} {own:>16.1f} {jobs:>11.1f} {own / (own + jobs):>16.1%}")

@@ -103,6 +103,35 @@ def test_float_rows_kernel_matches_f_linear(dtype, batch, native):
     assert torch.equal(lin.rows(torch.tensor([3, 69])), w[[3, 69]])
 
 
+@pytest.mark.parametrize("rows", [1, 7])
+def test_rms_norm_rows_match_torch(rows, native):
+    from apr_qa.runtime.row_ops import rms_norm
+
+    x, w = torch.randn(rows, 1, 96) * 3, torch.randn(96)
+    got = rms_norm(x, w, 1e-5)
+    want = F.rms_norm(x.double(), (96,), w.double(), 1e-5)
+    assert got is not None and got.shape == x.shape
+    assert (got.double() - want).abs().max() <= 1e-6 * want.abs().max()
+    assert rms_norm(x[..., :90], w[:90], 1e-5) is None  # width not a multiple of 16: torch's
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(6, 6), (6, 2), (4, 1)])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_single_query_attention_matches_sdpa(heads, kv_heads, batch, native):
+    from apr_qa.runtime.row_ops import attend_one
+
+    dim, max_len, filled = 32, 20, 13
+    keys, values = torch.randn(batch, kv_heads, max_len, dim), torch.randn(batch, kv_heads, max_len, dim)
+    keys[:, :, filled:] = values[:, :, filled:] = float("nan")  # slots past the filled ones are never read
+    q = torch.randn(batch, heads, 1, dim)
+    got = attend_one(q, keys, values, filled, dim ** -0.5)
+    want = F.scaled_dot_product_attention(q.double(), keys[:, :, :filled].double(), values[:, :, :filled].double(),
+                                          scale=dim ** -0.5, enable_gqa=heads != kv_heads)
+    assert got is not None and got.shape == q.shape
+    assert (got.double() - want).abs().max() <= 1e-6 * want.abs().max()
+    assert attend_one(q.to(torch.bfloat16), keys, values, filled, 1.0) is None
+
+
 def test_tied_float32_head_is_not_copied(tiny_llama_tied, native):
     model = load_model(tiny_llama_tied)
     assert isinstance(model.lm_head, P.FloatLinear) and model.embed is model.lm_head

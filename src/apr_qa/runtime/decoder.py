@@ -23,6 +23,7 @@ from .kv_cache import KVCache
 from .norms import Norm, apply_norm
 from .packed import embedding, linear
 from .rope import Rotary, apply_rotary
+from .row_ops import attend_one
 from .tokenizer import Tokenizer
 from .weights import linear_layout
 
@@ -172,9 +173,13 @@ class DecoderModel:
                 k, v = cache.store_at(i, slot, k, v)
             elif cache is not None:
                 k, v = cache.store(i, start, k, v)
-            attn = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=mask is None and length > 1,
-                scale=self.scale, enable_gqa=heads != kv_heads)
+            attn = None
+            if cache is not None and slot is None and mask is None and length == 1:  # one token, plain causal
+                attn = attend_one(q, cache.keys[i], cache.values[i], start + 1, self.scale)
+            if attn is None:
+                attn = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=mask, is_causal=mask is None and length > 1,
+                    scale=self.scale, enable_gqa=heads != kv_heads)
             attn = linear(attn.transpose(1, 2).reshape(batch, length, heads * dim), layer.o, layer.o_bias)
             if self.hp.parallel_residual:
                 mlp_in = h if layer.mlp_norm is None else self._norm(x, layer.mlp_norm)

@@ -7,12 +7,19 @@
  * float32 values bit for bit: the library is built with -ffp-contract=off, so no product there is
  * fused into an addition.
  *
- * Rows are shared between the threads of the OpenMP runtime torch has already loaded (same soname),
- * so torch.set_num_threads governs these loops too.
+ * Rows of a matrix product are shared between this library's own worker threads (below); their
+ * number follows the OpenMP runtime torch has already loaded (same soname), so torch.set_num_threads
+ * governs them too, and so does the dequantization's OpenMP loop.
  */
+#include <math.h>
+#include <omp.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 typedef float v16f __attribute__((vector_size(64)));
 typedef int32_t v16i32 __attribute__((vector_size(64)));
@@ -233,6 +240,38 @@ static int64_t block_bytes(int type) {
         default: fn(row, per_row, t, TILE, out); break;     \
     }
 
+typedef struct {
+    int type;
+    const uint8_t *w;
+    int64_t n, k, per_row, row_bytes, groups, m;
+    const float *x, *xs;
+    float *y;
+} matmul_t;
+
+/* rows r0..r1 of the product */
+static void matmul_rows(const void *arg, int64_t r0, int64_t r1) {
+    const matmul_t *p = arg;
+    const int64_t per_row = p->per_row, k = p->k, groups = p->groups, n = p->n;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *row = p->w + r * p->row_bytes;
+        for (int64_t i0 = 0; i0 < p->m; i0 += TILE) {
+            tile_t t = {p->x + i0 * k, p->xs + i0 * groups, k, groups, (int)(p->m - i0 < TILE ? p->m - i0 : TILE)};
+            float out[TILE];
+            switch (p->type) {
+                case F32: FOR_TILE(row_f32); break;
+                case BF16: FOR_TILE(row_bf16); break;
+                case Q8_0: FOR_TILE(row_q8_0); break;
+                case Q4_0: FOR_TILE(row_q4_0); break;
+                case Q4_K: FOR_TILE(row_q4_k); break;
+                default: FOR_TILE(row_q6_k); break;
+            }
+            for (int i = 0; i < t.rows; i++) p->y[(i0 + i) * n + r] = out[i];
+        }
+    }
+}
+
+static void run_rows(void (*fn)(const void *, int64_t, int64_t), const void *arg, int64_t n, int parallel);
+
 /* y [m, n] = x [m, k] . w^T; w has n rows of blocks (or of F32 / BF16 values), k = the rows' padded width
  * (whole blocks; a multiple of 16 for float rows). parallel = 0 keeps the call on the calling thread.
  * Returns 0, or -1 for an unknown type, a bad width or no memory. */
@@ -249,23 +288,8 @@ int blocks_matmul(int type, const uint8_t *w, int64_t n, int64_t k, const float 
         for (int64_t j = 0; !floats && j < group; j++) s += x[i * group + j];
         xs[i] = s;
     }
-    #pragma omp parallel for schedule(static) if (parallel)
-    for (int64_t r = 0; r < n; r++) {
-        const uint8_t *row = w + r * row_bytes;
-        for (int64_t i0 = 0; i0 < m; i0 += TILE) {
-            tile_t t = {x + i0 * k, xs + i0 * groups, k, groups, (int)(m - i0 < TILE ? m - i0 : TILE)};
-            float out[TILE];
-            switch (type) {
-                case F32: FOR_TILE(row_f32); break;
-                case BF16: FOR_TILE(row_bf16); break;
-                case Q8_0: FOR_TILE(row_q8_0); break;
-                case Q4_0: FOR_TILE(row_q4_0); break;
-                case Q4_K: FOR_TILE(row_q4_k); break;
-                default: FOR_TILE(row_q6_k); break;
-            }
-            for (int i = 0; i < t.rows; i++) y[(i0 + i) * n + r] = out[i];
-        }
-    }
+    const matmul_t job = {type, w, n, k, per_row, row_bytes, groups, m, x, xs, y};
+    run_rows(matmul_rows, &job, n, parallel);
     free(xs);
     return 0;
 }
@@ -342,4 +366,187 @@ int blocks_dequantize(int type, const uint8_t *w, int64_t n, int64_t k, int64_t 
         }
     }
     return 0;
+}
+/* -- the per-token row operations of decoding ---------------------------------------------------------
+ * Both replace torch calls whose fixed cost (dispatch, waking OpenMP threads) was several times their
+ * arithmetic on one token: F.rms_norm and F.scaled_dot_product_attention cost ~35 and ~65 us per call
+ * there, 4 ms of a 33 ms SmolLM2 float32 decode step. Single-threaded, float32, sums in float32 in a
+ * different order than torch's (results agree to float32 rounding; tests/test_packed_runtime.py). */
+
+/* y[r] = (x[r] * (1 / sqrt(mean(x[r]^2) + eps))) * w, for m rows of k floats (k % 16 == 0). */
+int rms_norm_rows(const float *x, const float *w, int64_t m, int64_t k, float eps, float *y) {
+    if (k % 16) return -1;
+    for (int64_t r = 0; r < m; r++) {
+        const float *xr = x + r * k;
+        float *yr = y + r * k;
+        v16f acc = {0};
+        for (int64_t j = 0; j < k; j += 16) {
+            const v16f v = load16(xr + j);
+            acc += v * v;
+        }
+        const float inv = 1.0f / sqrtf(hsum(acc) / (float)k + eps);
+        for (int64_t j = 0; j < k; j += 16) {
+            const v16f v = load16(xr + j) * inv * load16(w + j);
+            memcpy(yr + j, &v, sizeof v);
+        }
+    }
+    return 0;
+}
+
+/* One query per head over the first n cache slots, grouped heads sharing a key/value head:
+ * out[b][h] = softmax_s(scale * q[b][h] . k[b][g][s]) . v[b][g][s], g = h / (heads / kv_heads).
+ * q, out: [batch, heads, dim]; k, v: the caches [batch, kv_heads, max_len, dim]; dim % 16 == 0. */
+int attend_one(const float *q, const float *k, const float *v, int64_t batch, int64_t heads, int64_t kv_heads,
+               int64_t n, int64_t max_len, int64_t dim, float scale, float *out) {
+    if (dim % 16 || n < 1 || n > max_len || heads % kv_heads) return -1;
+    float *p = malloc(sizeof(float) * (size_t)n);
+    if (!p) return -1;
+    const int64_t group = heads / kv_heads;
+    for (int64_t b = 0; b < batch; b++) {
+        for (int64_t h = 0; h < heads; h++) {
+            const float *qh = q + (b * heads + h) * dim;
+            const int64_t cache = (b * kv_heads + h / group) * max_len * dim;
+            const float *kh = k + cache, *vh = v + cache;
+            float top = -INFINITY;
+            for (int64_t s = 0; s < n; s++) {
+                v16f acc = {0};
+                for (int64_t d = 0; d < dim; d += 16) acc += load16(qh + d) * load16(kh + s * dim + d);
+                p[s] = hsum(acc) * scale;
+                top = p[s] > top ? p[s] : top;
+            }
+            float total = 0;
+            for (int64_t s = 0; s < n; s++) total += (p[s] = expf(p[s] - top));
+            float *o = out + (b * heads + h) * dim;
+            for (int64_t d = 0; d < dim; d += 16) {
+                v16f acc = {0};
+                for (int64_t s = 0; s < n; s++) acc += p[s] * load16(vh + s * dim + d);
+                acc /= total;
+                memcpy(o + d, &acc, sizeof acc);
+            }
+        }
+    }
+    free(p);
+    return 0;
+}
+
+/* -- worker threads that spin between products ----------------------------------------------------------
+ * A decoding step is a chain of ~100-200 small products with 20-150 us of Python between them. With
+ * OMP_WAIT_POLICY=PASSIVE (which the project needs: spinning OpenMP threads starve torch on a shared
+ * 2-core machine) every OpenMP parallel region wakes its sleeping threads through the kernel, which on
+ * this VM cost ~70 us per product, a third of a float32 SmolLM2 step. These workers instead spin for
+ * SPIN_NS after each product (pausing, yielding now and then to whatever else wants the core), so the
+ * next product of the same step finds them awake, and sleep on a condition variable after that: an
+ * idle runtime costs nothing. Rows are split into equal contiguous ranges, as OpenMP's static
+ * schedule did, so each row's arithmetic, and every result, is unchanged. */
+#define SPIN_NS 300000
+#define MAX_WORKERS 63
+
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t wake;
+    atomic_uint_fast64_t generation;  /* bumped for every product handed out */
+    atomic_int pending;               /* workers still on the current product */
+    void (*fn)(const void *, int64_t, int64_t);
+    const void *arg;
+    int64_t n;
+    int parts;                        /* threads sharing the current product, the caller included */
+    int workers;                      /* started */
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
+static pthread_mutex_t pool_start = PTHREAD_MUTEX_INITIALIZER;
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void share(int part, int parts, int64_t n, int64_t *r0, int64_t *r1) {
+    *r0 = n * part / parts;
+    *r1 = n * (part + 1) / parts;
+}
+
+typedef struct {
+    int part;                  /* 1..workers; the caller is part 0 */
+    uint_fast64_t generation;  /* when it was started: the products before it are not its */
+} birth_t;
+
+static void *worker(void *arg) {
+    const birth_t birth = *(birth_t *)arg;
+    free(arg);
+    const int part = birth.part;
+    uint_fast64_t seen = birth.generation;
+    for (;;) {
+        int64_t spin_until = now_ns() + SPIN_NS;
+        for (unsigned i = 1; atomic_load_explicit(&pool.generation, memory_order_acquire) == seen; i++) {
+            __builtin_ia32_pause();
+            if (i % 64 == 0 && now_ns() > spin_until) {
+                pthread_mutex_lock(&pool.mu);
+                while (atomic_load(&pool.generation) == seen) pthread_cond_wait(&pool.wake, &pool.mu);
+                pthread_mutex_unlock(&pool.mu);
+            } else if (i % 256 == 0) {
+                sched_yield();
+            }
+        }
+        seen = atomic_load(&pool.generation);
+        if (part < pool.parts) {
+            int64_t r0, r1;
+            share(part, pool.parts, pool.n, &r0, &r1);
+            pool.fn(pool.arg, r0, r1);
+        }
+        atomic_fetch_sub_explicit(&pool.pending, 1, memory_order_release);
+    }
+    return NULL;
+}
+
+static void forget_workers(void) { pool.workers = 0; }  /* a forked child has none of the parent's threads */
+
+/* workers for `parts` threads in all, started once; returns how many there are */
+static int ensure_workers(int parts) {
+    pthread_mutex_lock(&pool_start);
+    static int atfork;
+    if (!atfork) atfork = !pthread_atfork(NULL, NULL, forget_workers);
+    while (pool.workers < parts - 1 && pool.workers < MAX_WORKERS) {
+        pthread_t t;
+        pthread_attr_t attr;
+        birth_t *birth = malloc(sizeof *birth);
+        if (!birth) break;
+        *birth = (birth_t){pool.workers + 1, atomic_load(&pool.generation)};
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        const int failed = pthread_create(&t, &attr, worker, birth);
+        pthread_attr_destroy(&attr);
+        if (failed) {
+            free(birth);
+            break;
+        }
+        pool.workers++;
+    }
+    const int workers = pool.workers;
+    pthread_mutex_unlock(&pool_start);
+    return workers;
+}
+
+static void run_rows(void (*fn)(const void *, int64_t, int64_t), const void *arg, int64_t n, int parallel) {
+    const int wanted = parallel ? omp_get_max_threads() : 1;
+    if (wanted <= 1 || n < wanted) {
+        fn(arg, 0, n);
+        return;
+    }
+    /* one product at a time: calls from several Python threads queue here (workers are started under
+     * it too, so a new worker never mistakes the product being handed out for one before its time) */
+    static pthread_mutex_t one_at_a_time = PTHREAD_MUTEX_INITIALIZER;
+    pthread_mutex_lock(&one_at_a_time);
+    const int workers = ensure_workers(wanted);
+    const int parts = 1 + (workers < wanted - 1 ? workers : wanted - 1);
+    pool.fn = fn, pool.arg = arg, pool.n = n, pool.parts = parts;
+    atomic_store(&pool.pending, workers);
+    pthread_mutex_lock(&pool.mu);
+    atomic_fetch_add_explicit(&pool.generation, 1, memory_order_release);
+    pthread_cond_broadcast(&pool.wake);
+    pthread_mutex_unlock(&pool.mu);
+    int64_t r0, r1;
+    share(0, parts, n, &r0, &r1);
+    fn(arg, r0, r1);
+    while (atomic_load_explicit(&pool.pending, memory_order_acquire) > 0) __builtin_ia32_pause();
+    pthread_mutex_unlock(&one_at_a_time);
 }

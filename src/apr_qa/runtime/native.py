@@ -28,12 +28,12 @@ SOURCE = Path(__file__).with_name("matmul.c")
 DISABLE_ENV = "APR_QA_NATIVE_MATMUL"
 # -ffp-contract=off keeps every dequantized value ggml's (no fused multiply-add); -march=native
 # vectorizes for this CPU, so the cache key includes the CPU's feature flags.
-FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off"]
+FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-shared", "-fopenmp", "-pthread", "-ffp-contract=off"]
 TYPES = (DType.Q8_0, DType.Q4_0, DType.Q4_K, DType.Q6_K)
 
 
 def _build(cc: str) -> Path:
-    return native_build.build(cc, SOURCE, FLAGS, "matmul", ())
+    return native_build.build(cc, SOURCE, FLAGS, "matmul", ("-lm",))
 
 
 def _bind(path: Path) -> ctypes.CDLL:
@@ -41,7 +41,10 @@ def _bind(path: Path) -> ctypes.CDLL:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.blocks_matmul.argtypes = [ctypes.c_int, ptr, i64, i64, ptr, i64, ptr, ctypes.c_int]
     lib.blocks_dequantize.argtypes = [ctypes.c_int, ptr, i64, i64, i64, ptr]
-    lib.blocks_matmul.restype = lib.blocks_dequantize.restype = ctypes.c_int
+    lib.rms_norm_rows.argtypes = [ptr, ptr, i64, i64, ctypes.c_float, ptr]
+    lib.attend_one.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, ctypes.c_float, ptr]
+    for fn in (lib.blocks_matmul, lib.blocks_dequantize, lib.rms_norm_rows, lib.attend_one):
+        fn.restype = ctypes.c_int
     return lib
 
 

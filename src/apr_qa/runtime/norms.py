@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .row_ops import rms_norm
+
 
 @dataclass
 class Norm:
@@ -19,7 +21,8 @@ def apply_norm(kind: str, x: torch.Tensor, norm: Norm, eps: float) -> torch.Tens
         return F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, eps)
     if kind == "rms":
         if x.dtype == torch.float32:
-            return F.rms_norm(x, (x.shape[-1],), norm.weight, eps)
+            fast = rms_norm(x, norm.weight, eps)
+            return fast if fast is not None else F.rms_norm(x, (x.shape[-1],), norm.weight, eps)
         # like transformers: normalize in float32, round to the model dtype, then scale
         return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), None, eps).to(x.dtype)
     if kind == "none":  # MobileBERT's NoNorm: an elementwise affine map, no statistics
