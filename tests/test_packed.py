@@ -5,8 +5,10 @@ each family kind, and SmolLM2-135M."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +87,56 @@ def test_native_matmul_matches_float64(dtype, batch, native):
     assert got.dtype == torch.float32 and got.shape == want.shape
     assert (got.double() - want).abs().max() <= 1e-5 * want.abs().max()
     assert torch.equal(lin.rows(torch.tensor([4, 49])), exact(b)[[4, 49]])
+
+
+def product(lib, code: int, w: torch.Tensor, rows: int, k: int, x: torch.Tensor, parallel: int) -> torch.Tensor:
+    y = torch.empty(x.shape[0], rows)
+    assert lib.blocks_matmul(code, w.data_ptr(), rows, k, x.data_ptr(), x.shape[0], y.data_ptr(), parallel) == 0
+    return y
+
+
+@pytest.mark.parametrize("dtype", [DType.F32, DType.Q4_0, DType.Q6_K], ids=lambda d: d.name)
+def test_worker_threads_change_no_result(dtype, native):
+    """The rows split between the library's worker threads give the same bits as one thread."""
+    if dtype == DType.F32:
+        w, rows, k = torch.randn(203, 96), 203, 96
+    else:
+        b = blocks(dtype, 203, 256)
+        w, rows, k = b.data, 203, 256
+    x = torch.randn(2, k)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            shared, alone = (product(native, dtype.code, w, rows, k, x, p) for p in (1, 0))
+            assert torch.equal(shared, alone)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_worker_threads_survive_fork(native):
+    """A forked child has none of its parent's worker threads: its products run and finish."""
+    w, x = torch.randn(256, 64), torch.randn(1, 64)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        want = product(native, DType.F32.code, w, 256, 64, x, 1)  # the parent's worker is running now
+        pid = os.fork()
+    finally:
+        torch.set_num_threads(threads)
+    if pid == 0:  # child: exit status 0 only if the product completes and agrees
+        torch.set_num_threads(2)
+        ok = torch.equal(product(native, DType.F32.code, w, 256, 64, x, 1), want)
+        os._exit(0 if ok else 1)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    raise AssertionError("a product in a forked child never finished")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
