@@ -42,10 +42,17 @@ class _SkewedNorm:
         return self._real.rms_norm(*args, **kwargs) * 1.01
 
 
-def test_a_wrong_runtime_is_reported(tiny_llama, tmp_path, monkeypatch):
-    import apr_qa.runtime.norms as llama
+def skew_rms_norm(monkeypatch) -> None:
+    """Only our runtime's RMSNorm changes: torch's (through the norms module's view of F) and the C one."""
+    import apr_qa.runtime.norms as norms
 
-    monkeypatch.setattr(llama, "F", _SkewedNorm(llama.F))  # only our runtime's view of F changes
+    monkeypatch.setattr(norms, "F", _SkewedNorm(norms.F))
+    fast = norms.rms_norm
+    monkeypatch.setattr(norms, "rms_norm", lambda *args: None if (y := fast(*args)) is None else y * 1.01)
+
+
+def test_a_wrong_runtime_is_reported(tiny_llama, tmp_path, monkeypatch):
+    skew_rms_norm(monkeypatch)
     code, record = oracle(tiny_llama, tmp_path)
     assert code == 1 and record["passed"] is False and "DISAGREES" in record["verdict"]
 
@@ -57,13 +64,11 @@ def test_smollm2_gguf_matches(smollm2_gguf, tmp_path):
 
 
 def test_report_shows_a_disagreeing_runtime(tiny_llama, tmp_path, monkeypatch):
-    import apr_qa.runtime.norms as llama
-
     results = tmp_path / "results"
     (results / "oracle").mkdir(parents=True)
     good_json = results / "oracle/good.json"
     assert main(["oracle", str(tiny_llama), "--prompts", ROOT_PROMPTS, "--json", str(good_json)]) == 0
-    monkeypatch.setattr(llama, "F", _SkewedNorm(llama.F))
+    skew_rms_norm(monkeypatch)
     assert main(["oracle", str(tiny_llama), "--prompts", ROOT_PROMPTS, "--record-only",
                  "--json", str(results / "oracle/bad.json")]) == 0  # recorded, the report carries it
     out = tmp_path / "report.md"
