@@ -371,7 +371,7 @@ int blocks_dequantize(int type, const uint8_t *w, int64_t n, int64_t k, int64_t 
  * Both replace torch calls whose fixed cost (dispatch, waking OpenMP threads) was several times their
  * arithmetic on one token: F.rms_norm and F.scaled_dot_product_attention cost ~35 and ~65 us per call
  * there, 4 ms of a 33 ms SmolLM2 float32 decode step. Single-threaded, float32, sums in float32 in a
- * different order than torch's (results agree to float32 rounding; tests/test_packed_runtime.py). */
+ * different order than torch's (results agree to float32 rounding; tests/test_packed.py). */
 
 /* y[r] = (x[r] * (1 / sqrt(mean(x[r]^2) + eps))) * w, for m rows of k floats (k % 16 == 0). */
 int rms_norm_rows(const float *x, const float *w, int64_t m, int64_t k, float eps, float *y) {
@@ -454,6 +454,15 @@ static struct {
 } pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
 static pthread_mutex_t pool_start = PTHREAD_MUTEX_INITIALIZER;
 
+/* a spin-wait hint to the core (x86 `pause`, Arm `yield`); elsewhere a plain busy loop */
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__) || defined(__arm__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 static int64_t now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -478,7 +487,7 @@ static void *worker(void *arg) {
     for (;;) {
         int64_t spin_until = now_ns() + SPIN_NS;
         for (unsigned i = 1; atomic_load_explicit(&pool.generation, memory_order_acquire) == seen; i++) {
-            __builtin_ia32_pause();
+            cpu_relax();
             if (i % 64 == 0 && now_ns() > spin_until) {
                 pthread_mutex_lock(&pool.mu);
                 while (atomic_load(&pool.generation) == seen) pthread_cond_wait(&pool.wake, &pool.mu);
@@ -547,6 +556,6 @@ static void run_rows(void (*fn)(const void *, int64_t, int64_t), const void *arg
     int64_t r0, r1;
     share(0, parts, n, &r0, &r1);
     fn(arg, r0, r1);
-    while (atomic_load_explicit(&pool.pending, memory_order_acquire) > 0) __builtin_ia32_pause();
+    while (atomic_load_explicit(&pool.pending, memory_order_acquire) > 0) cpu_relax();
     pthread_mutex_unlock(&one_at_a_time);
 }

@@ -31,6 +31,7 @@ import time
 
 YOUNG_THRESHOLD = 50_000
 _tamed = False
+_timer_lock = threading.Lock()  # guards each scheduler's pending due time
 
 
 def tame_collector() -> None:
@@ -81,5 +82,3 @@ def coalesce_reevaluations() -> bool:
     JobScheduler._schedule_reevalutation = schedule_reevaluation
     return True
 
-
-_timer_lock = threading.Lock()
