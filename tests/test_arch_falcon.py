@@ -49,25 +49,88 @@ def test_variants_pass_gates(form, tiny_dir, tmp_path):
 
 # --- layouts --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("form", tiny_falcon.FORMS)
-def test_qkv_order_is_transformers_split(form, tiny_dir):
-    """Rows picked by qkv_order are exactly the q, k, v transformers' FalconAttention._split_heads
-    takes from the fused projection (fed the row numbers themselves), heads in the same order."""
-    from transformers import FalconConfig
-    from transformers.models.falcon.modeling_falcon import FalconAttention
+def _observe_layer0(cfg: dict):
+    """transformers' public forward of a one-layer FalconModel, observed with forward hooks (public torch
+    API) on two public submodules: `values` [positions, fused rows] replace what query_key_value computes,
+    and the attention output each head hands to `dense` is read back as [positions, heads, head_dim]."""
+    from transformers import FalconConfig, FalconModel
 
+    config = FalconConfig(**{k: v for k, v in cfg.items() if k != "architectures"} | {"num_hidden_layers": 1})
+    model = FalconModel(config).double().eval()
+    attention, fed, seen = model.h[0].self_attention, {}, {}
+    attention.query_key_value.register_forward_hook(lambda module, args, out: fed["values"][None].to(out.dtype))
+    attention.dense.register_forward_hook(lambda module, args, out: seen.update(heads=args[0]))
+    heads, head_dim = config.num_attention_heads, config.hidden_size // config.num_attention_heads
+
+    def forward(values: torch.Tensor) -> torch.Tensor:
+        fed["values"] = values
+        with torch.no_grad():
+            model(torch.zeros((1, values.shape[0]), dtype=torch.long))
+        return seen["heads"][0].reshape(values.shape[0], heads, head_dim)
+
+    return forward, attention.query_key_value.out_features
+
+
+@pytest.mark.parametrize("form", tiny_falcon.FORMS)
+def test_qkv_order_is_what_transformers_computes(form, tiny_dir):
+    """The rows qkv_order takes as each head's q, k and v are the ones transformers' public forward uses:
+    - v, in order: with one position the softmax is exactly 1, so each head's attention output is its v
+      rows; feeding the row numbers as the fused projection shows which rows, in which order.
+    - k and q, as sets per head: with two positions, a change to a k row at position 0 reaches the
+      output at position 1 (through the score of key 0) for the heads sharing that k; a change to a q row
+      does so only at position 1, and only for its own head.
+    The order inside a head's q and k (which rotary pairs) is what test_matches_transformers proves."""
     cfg = _config(tiny_dir, form)
     arch = architecture_for(cfg)
     hp = arch.hp
-    attention = FalconAttention(FalconConfig(**{k: v for k, v in cfg.items() if k != "architectures"}), 0)
+    forward, rows = _observe_layer0(cfg)
+    order = arch.qkv_order()
+    q_rows = order[: hp.num_heads * hp.head_dim].reshape(hp.num_heads, hp.head_dim)
+    kv_rows = hp.num_kv_heads * hp.head_dim
+    k_rows = order[len(q_rows.flat):][:kv_rows].reshape(hp.num_kv_heads, hp.head_dim)
+    v_rows = order[len(q_rows.flat) + kv_rows:].reshape(hp.num_kv_heads, hp.head_dim)
+    group_of = np.arange(hp.num_heads) // (hp.num_heads // hp.num_kv_heads)
+
+    v_seen = forward(torch.arange(rows, dtype=torch.float64)[None])[0].long().numpy()
+    np.testing.assert_array_equal(v_seen, v_rows[group_of])
+
+    base = torch.from_numpy(np.random.default_rng(0).normal(size=(2, rows)))
+    reference = forward(base)[1]
+
+    def heads_reached(row: int, position: int) -> frozenset[int]:
+        values = base.clone()
+        values[position, row] += 1.0
+        changed = (forward(values)[1] - reference).abs().amax(dim=1) > 1e-9
+        return frozenset(np.flatnonzero(changed.numpy()).tolist())
+
+    not_v = sorted(set(range(rows)) - set(v_rows.flat))
+    from_key = {r: heads_reached(r, 0) for r in not_v}
+    for g in range(hp.num_kv_heads):
+        sharing = frozenset(np.flatnonzero(group_of == g).tolist())
+        assert {r for r, reached in from_key.items() if reached == sharing} == set(k_rows[g]), (form, g)
+    queries = [r for r, reached in from_key.items() if not reached]
+    from_query = {r: heads_reached(r, 1) for r in queries}
+    for h in range(hp.num_heads):
+        assert {r for r, reached in from_query.items() if reached == {h}} == set(q_rows[h]), (form, h)
+    assert len(queries) == q_rows.size
+
+
+@pytest.mark.parametrize("form", tiny_falcon.FORMS)
+def test_qkv_order_is_llamacpp_regroup(form, tiny_dir):
+    """qkv_order applied to a fused matrix gives what llama.cpp's converter (convert_hf_to_gguf.py,
+    FalconModel) writes: a view as (n_head_kv, n_head / n_head_kv + 2, head_dim, hidden), the leading
+    q heads of every group, then each group's k, then each group's v. n_head_kv is the model's KV head
+    count: 1 (multi-query), num_kv_heads (new decoder) or every head (the per-head [q, k, v] layout)."""
+    cfg = _config(tiny_dir, form)
+    arch = architecture_for(cfg)
+    hp = arch.hp
     rows = arch.tensors()["transformer.h.0.self_attention.query_key_value.weight"][0]
-    q, k, v = attention._split_heads(torch.arange(rows, dtype=torch.float64)[None, None])
-    q, k, v = (t[0, 0].long() for t in (q, k, v))  # [heads (k, v: as many as transformers keeps), head_dim]
-    group = hp.num_heads // hp.num_kv_heads
-    k, v = k[::group] if k.shape[0] == hp.num_heads else k, v[::group] if v.shape[0] == hp.num_heads else v
-    order = torch.from_numpy(arch.qkv_order())
-    assert torch.equal(order, torch.cat([q.flatten(), k.flatten(), v.flatten()]))
-    assert sorted(order.tolist()) == list(range(rows))
+    fused = torch.arange(rows * 2, dtype=torch.float64).reshape(rows, 2)
+    qkv = fused.view(hp.num_kv_heads, hp.num_heads // hp.num_kv_heads + 2, hp.head_dim, 2)
+    q = qkv[:, :-2].reshape(hp.num_heads * hp.head_dim, 2)
+    k = qkv[:, [-2]].reshape(hp.num_kv_heads * hp.head_dim, 2)
+    v = qkv[:, [-1]].reshape(hp.num_kv_heads * hp.head_dim, 2)
+    assert torch.equal(fused[torch.from_numpy(arch.qkv_order())], torch.cat((q, k, v)))
 
 
 def test_attention_shapes(tiny_dir):

@@ -189,9 +189,13 @@ def test_llamacpp_stack_runs_the_export_and_agrees_with_builtin(llama_cpp, apr, 
     gates = {g["id"]: g for g in ev["gates"]}
     assert gates["T1"]["passed"] and gates["I-5"]["passed"]  # llama.cpp's tokenizer: the same ids and text
     assert ev["stack"]["details"]["llama_cpp_python"] == llama_cpp.__version__
+    assert ev["stack"]["details"]["build"].startswith("CPU :")  # which llama.cpp: its compiled CPU features
     assert ev["runtime"]["dtype"] == "llama.cpp:gguf" and ev["throughput"]["decode_tokens_per_s"]["n"] > 0
     record = compare_stacks(evaluations["builtin"], folder / "llamacpp.json")
     assert 0 < record["kl_divergence"]["kld"]["mean"] < 1e-3 and record["gates"][0]["passed"]
+    shown = to_markdown(differential_blocks([record]), tmp_path)
+    assert f"Build of llamacpp (the CPU features it was compiled for and uses, as it reports them): " \
+           f"`{ev['stack']['details']['build']}`" in shown
 
 
 # -- configuration and fingerprints --------------------------------------------------------------
@@ -255,7 +259,22 @@ def test_builtin_fingerprint_is_the_runtime_code_and_llamacpp_its_library():
     assert parts[0].startswith("llama_cpp_python==") and fingerprint("evaluate", "q8_0") not in parts
     if llamacpp.unavailable() is None:
         assert any(p.startswith("libllama") for p in parts)  # the shared library's own hash
+        assert f"build={llamacpp.build_features()}" in parts and "AVX" in llamacpp.build_features()
     assert stack_fingerprint("llamacpp", "q8_0") == stack_fingerprint("llamacpp", "q4_0")  # GGUF: same code path
+
+
+def test_llamacpp_fingerprint_follows_the_build(monkeypatch):
+    """A native build (LLAMACPP_BUILD=native) reports other CPU features than the portable one: its
+    evaluations are another stack's, so they rerun."""
+    from apr_qa.stacks import llamacpp
+    from apr_qa.stacks.registry import _fingerprint
+
+    _fingerprint.cache_clear()
+    portable = stack_fingerprint("llamacpp", "q8_0")
+    monkeypatch.setattr(llamacpp, "build_features", lambda: "CPU : AVX2 = 1 | AVX512 = 1 | AVX512_VNNI = 1")
+    _fingerprint.cache_clear()
+    assert stack_fingerprint("llamacpp", "q8_0") != portable
+    _fingerprint.cache_clear()
 
 
 def test_diff_stacks_refuses_other_weights_and_a_changed_logits_file(evaluations, tmp_path, capsys):

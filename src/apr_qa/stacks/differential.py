@@ -135,7 +135,8 @@ def _side(path: Path, data: dict) -> dict[str, Any]:
     return {"evaluation": str(path), "name": s["name"], "kind": s["kind"], "fingerprint": s.get("fingerprint"),
             "greedy_accuracy": (acc.get("greedy") or {}).get("value"), "decode_tokens_per_s": tps,
             "prefill_tokens_per_s": prefill, **scores,
-            "verdict": (data.get("verdict") or {}).get("worst_failed_level")}
+            "verdict": (data.get("verdict") or {}).get("worst_failed_level"),
+            "build": (s.get("details") or {}).get("build")}
 
 
 def differential_gate(summary: dict, first: str, second: str) -> Evidence:

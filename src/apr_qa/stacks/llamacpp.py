@@ -1,10 +1,12 @@
 """`llamacpp`: llama-cpp-python running the .apr exported as GGUF (`apr-qa export-gguf`).
 
-An optional extra (built with CMAKE_ARGS="-DGGML_NATIVE=OFF"); where `import llama_cpp` fails the
-stack is unavailable and says why. The GGUF is exported into the evaluation's work folder. Two
-contexts share the memory-mapped weights: one decodes (logits of the last token only, as a user's
-generation would) and is timed, the other returns the logits of every position (logits_all) for the
-consistency statistics.
+An optional extra, built from source by `make setup`: portable by default (GGML_NATIVE=OFF: AVX2, FMA,
+F16C), or for this machine's CPU with LLAMACPP_BUILD=native. Which one ran is part of the verdict, so the
+build's features (llama_print_system_info) are in the stack's fingerprint and in its evaluation's details.
+Where `import llama_cpp` fails the stack is unavailable and says why. The GGUF is exported into the
+evaluation's work folder. Two contexts share the memory-mapped weights: one decodes (logits of the last
+token only, as a user's generation would) and is timed, the other returns the logits of every position
+(logits_all) for the consistency statistics.
 """
 
 from __future__ import annotations
@@ -41,8 +43,20 @@ def shared_libraries() -> list[Path]:
     return sorted({p.resolve() for p in lib.glob("*") if p.suffix in (".so", ".dylib", ".dll") or ".so." in p.name})
 
 
+def build_features() -> str:
+    """What the installed llama.cpp was compiled for and uses on this CPU, as llama.cpp prints it
+    (llama_print_system_info: 'CPU : SSE3 = 1 | ... | AVX2 = 1 | F16C = 1 | FMA = 1 | ...'); '' when
+    llama-cpp-python is not importable."""
+    try:
+        import llama_cpp
+    except Exception:  # ImportError, or OSError from a broken shared library: unavailable() says why
+        return ""
+    return " ".join(llama_cpp.llama_print_system_info().decode(errors="replace").split())
+
+
 def fingerprint_parts(spec, variant: str | None) -> list[str]:
-    """The package version, the hash of each shared library, and the GGUF export code."""
+    """The package version, the build's features, the hash of each shared library, and the GGUF export
+    code."""
     try:
         version = metadata.version(DISTRIBUTION)
     except metadata.PackageNotFoundError:
@@ -50,7 +64,8 @@ def fingerprint_parts(spec, variant: str | None) -> list[str]:
     from .. import gguf_export
 
     export_dir = Path(gguf_export.__file__).parent
-    return ([f"{DISTRIBUTION}=={version}"] + [f"{p.name}={file_digest(p)}" for p in shared_libraries()]
+    return ([f"{DISTRIBUTION}=={version}", f"build={build_features()}"]
+            + [f"{p.name}={file_digest(p)}" for p in shared_libraries()]
             + [f"gguf_export/{p.name}={file_digest(p)}" for p in sorted(export_dir.glob("*.py"))])
 
 
@@ -96,7 +111,8 @@ class LlamaCppModel(StackModel):
         self._decoder = llama_cpp.Llama(str(gguf), logits_all=False, **common)
         self._scorer = llama_cpp.Llama(str(gguf), logits_all=True, **common)
         self._lib = llama_cpp
-        details = {**details, "llama_cpp_python": llama_cpp.__version__, "n_ctx": n_ctx, "n_threads": threads}
+        details = {**details, "llama_cpp_python": llama_cpp.__version__, "build": build_features(), "n_ctx": n_ctx,
+                   "n_threads": threads}
         eos = {int(self._decoder.token_eos())} | set(harness_tok.eos_ids)
         super().__init__(name, LlamaTokenizer(self._decoder, eos), config, f"llama.cpp:{gguf.suffix[1:]}",
                          gguf.stat().st_size, details)

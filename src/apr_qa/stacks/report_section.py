@@ -53,6 +53,7 @@ def differential_blocks(records: list[dict[str, Any]]) -> list[tuple]:
                          "-" if side is first else _num(k["kld"]["mean"]),
                          "-" if side is first else _pct(k["same_top1"]["rate"]),
                          "-" if side is first else ("pass" if gate["passed"] else f"FLAGGED ({GATE_ID})")])
+    builds = sorted({(side["name"], side["build"]) for r in records for side in r["stacks"] if side.get("build")})
     return [("h2", "Stacks (differential certification)"),
             ("p", "Each variant on every configured stack, scored against the same float32 reference, and each "
                   "stack's per-token logits against builtin's on identical weights and tokens (KL(builtin || "
@@ -60,5 +61,7 @@ def differential_blocks(records: list[dict[str, Any]]) -> list[tuple]:
                   f"same top-1 {100 * MIN_SAME_TOP1:.0f} % (docs/stacks.md: the calibration)."),
             ("table", ["model", "variant", "stack", "greedy accuracy", "prefill tok/s", "decode tok/s",
                        "KLD vs reference",
-                       "top-1 vs reference", "KLD vs builtin", "top-1 vs builtin", GATE_ID], rows)]
+                       "top-1 vs reference", "KLD vs builtin", "top-1 vs builtin", GATE_ID], rows),
+            *[("p", f"Build of {name} (the CPU features it was compiled for and uses, as it reports them): "
+                    f"`{build}`") for name, build in builds]]
 

@@ -1,0 +1,97 @@
+"""The dependency lock (envs/lock/, written by `make lock`): it satisfies pyproject.toml, a requirement
+edited without relocking is one line that says to run `make lock`, and the libraries the workflow's
+fingerprints record are pinned, so a relock is what moves them."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHECK = ROOT / "scripts" / "check_lock.py"
+LOCK_DIR = ROOT / "envs" / "lock"
+
+
+def check(pyproject: Path, lock_dir: Path = LOCK_DIR) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(CHECK), "--pyproject", str(pyproject), "--lock-dir", str(lock_dir)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def pyproject_with(tmp_path: Path, old: str, new: str) -> Path:
+    text = (ROOT / "pyproject.toml").read_text()
+    assert old in text
+    out = tmp_path / "pyproject.toml"
+    out.write_text(text.replace(old, new, 1))
+    return out
+
+
+def test_the_lock_satisfies_pyproject():
+    result = check(ROOT / "pyproject.toml")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("old, new, says", [
+    ('"numpy>=2.0"', '"numpy>=99"', "envs/lock/runtime.txt pins numpy==2.4.6, pyproject.toml asks numpy>=99"),
+    ('"pyyaml>=6",', '"pyyaml>=6", "humanize>=4",', "envs/lock/runtime.txt does not pin humanize>=4"),
+    ('"pytest>=8"', '"pytest>=8", "pytest-timeout>=2"', "envs/lock/test.txt does not pin pytest-timeout>=2"),
+    ('"llama-cpp-python==0.3.36"', '"llama-cpp-python==0.3.37"', "envs/lock/llamacpp.txt pins llama-cpp-python"),
+    ('"pygments>=2",', "", "envs/lock/runtime.txt still pins pygments, which pyproject.toml no longer asks for"),
+    ('requires = ["setuptools>=68"]', 'requires = ["setuptools>=999"]', "envs/lock/test.txt pins setuptools"),
+])
+def test_a_requirement_edited_without_relocking_is_one_line(tmp_path, old, new, says):
+    result = check(pyproject_with(tmp_path, old, new))
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("the lock is out of date: ")
+    assert says in result.stderr and result.stderr.rstrip().endswith("run `make lock`")
+
+
+def test_a_missing_lock_file_is_named(tmp_path):
+    for name in ("test.txt", "runtime.txt"):
+        shutil.copy(LOCK_DIR / name, tmp_path / name)
+    result = check(ROOT / "pyproject.toml", tmp_path)
+    assert result.returncode == 1 and f"{tmp_path / 'llamacpp.txt'} is missing" in result.stderr
+
+
+def test_torch_is_left_to_the_makefile_pin():
+    """The lock excludes torch (the CPU build is pinned in the Makefile and envs/apr-qa.yaml) but keeps
+    what the CPU build depends on, and none of the CUDA build's libraries."""
+    sys.path.insert(0, str(CHECK.parent))
+    try:
+        from check_lock import read_lock
+    finally:
+        sys.path.remove(str(CHECK.parent))
+    lock = read_lock(LOCK_DIR / "test.txt")
+    assert lock.left_out == {"torch"} and "torch" not in lock.pins
+    assert {"sympy", "networkx", "filelock", "fsspec"} <= set(lock.pins)
+    assert not [name for name in lock.pins if name.startswith(("nvidia-", "triton"))]
+    pin = re.search(r"^TORCH := torch==(\S+)$", (ROOT / "Makefile").read_text(), re.M)
+    assert pin and f"torch=={pin[1]}" in (ROOT / "envs" / "apr-qa.yaml").read_text()
+    assert metadata.version("torch").split("+")[0] == pin[1]
+
+
+def test_every_library_a_fingerprint_records_is_locked_and_installed_as_locked():
+    """A stage's fingerprint records the versions of the libraries it names; each is pinned in the lock
+    and installed at that pin, so relocking is exactly what changes them (and reruns those stages)."""
+    sys.path.insert(0, str(CHECK.parent))
+    try:
+        from check_lock import read_lock
+    finally:
+        sys.path.remove(str(CHECK.parent))
+    from packaging.utils import canonicalize_name
+
+    from apr_qa.workflow.fingerprint import STAGES
+
+    lock = read_lock(LOCK_DIR / "test.txt")
+    for stage, (_, dists, _) in STAGES.items():
+        for dist in dists:
+            name = canonicalize_name(dist)
+            if name in lock.left_out:
+                continue
+            assert name in lock.pins, f"stage {stage} records {dist}, which the lock does not pin"
+            assert metadata.version(dist) == str(lock.pins[name]), (stage, dist)
