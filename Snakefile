@@ -31,6 +31,7 @@ include: "rules/stacks.smk"
 include: "rules/gates.smk"
 include: "rules/certify.smk"
 include: "rules/oracle.smk"
+include: "rules/corpus.smk"
 include: "rules/report.smk"
 
 

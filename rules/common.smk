@@ -117,6 +117,22 @@ SUMMARY = layout.template(RESULTS, "summary")
 CERTIFICATION = layout.template(RESULTS, "certification")
 ORACLE = layout.template(RESULTS, "oracle")
 ORACLE_ON = bool(config.get("oracle", False))
+CORPUS = config["corpus"]  # defaults filled in by the schema (config/schema.yaml)
+CORPUS_REFERENCE = layout.template(RESULTS, "corpus_reference")
+CORPUS_ON = bool(CORPUS.get("enabled", True))
+QUALITY_TARGET = f"--quality-target {CORPUS['quality_target']}" if CORPUS.get("quality_target") is not None else ""
+
+
+def corpus_input(wildcards):
+    """Input: the model's corpus reference, when the corpus evaluation is on."""
+    return ancient(CORPUS_REFERENCE.format(model=wildcards.model)) if CORPUS_ON else []
+
+
+def corpus_args(wildcards, input):
+    """Param: `apr-qa eval`'s corpus options ("" when the corpus evaluation is off)."""
+    return f"--corpus-reference {input.corpus} {QUALITY_TARGET}" if CORPUS_ON else ""
+
+
 # Stacks under test (docs/stacks.md): builtin is the evaluate checkpoint; every other stack is one
 # evaluate_stack job per variant plus its diff_stacks comparison with builtin (rules/stacks.smk).
 STACKS, STACK_NOTES = configured_stacks(config.get("stacks"), "config: stacks")
@@ -238,12 +254,14 @@ def certification_inputs(template):
 
 def certify_variants(wildcards, input):
     """Param of the certification: --variant NAME=PATH for every .apr (and the source, when the
-    playbook's formats include its format), and the source's safetensors index when it has one."""
+    playbook's formats include its format), the source as the reference an encoder's embeddings are
+    compared with, and the source's safetensors index when it has one."""
     args = [f"--variant {v}={apr}" for v, apr in zip(VARIANTS[wildcards.model], input.apr)]
     source = read_json(input.manifest)["source"]
     fmt = "gguf" if source.endswith(".gguf") else "safetensors"
     if fmt in PLAYBOOK["variants"]["formats"]:
         args.append(f"--variant source={source}")
+    args.append(f"--reference {source}")
     index = Path(source) / "model.safetensors.index.json"
     return " ".join(args) + (f" --source-index {index}" if index.exists() else "")
 

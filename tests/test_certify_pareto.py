@@ -66,3 +66,57 @@ def test_cost_per_1k_tokens_and_evaluation_points():
     p = point_from_evaluation("m/q8_0", ev, 1000, 0.5)
     assert (p.accuracy, p.latency_s, p.size_bytes) == (0.5, 0.2, 1000) and abs(p.cost - 0.01) < 1e-12
     assert point_from_evaluation("m/x", {"latency": {"mean": 0.2}}, 1, 0.5) is None  # no accuracy measured
+
+
+# A decoder's variants and an encoder's: the encoder's pair-ordering accuracy is higher and it is faster,
+# smaller and cheaper than every decoder variant, so one frontier over both would drop the decoders.
+DECODER = [Point("smollm2/f16", 0.30, 1.2, 270e6, 0.02, model="smollm2"),
+           Point("smollm2/q8_0", 0.31, 0.9, 145e6, 0.015, model="smollm2"),
+           Point("smollm2/q4_0", 0.24, 0.7, 80e6, 0.012, model="smollm2")]
+ENCODER = [Point("minilm/f16", 1.00, 0.02, 45e6, 0.001, model="minilm"),
+           Point("minilm/q4_0", 0.96, 0.03, 15e6, 0.001, model="minilm")]
+
+
+def test_frontiers_are_per_model():
+    points = DECODER + ENCODER
+    for enc in ENCODER:
+        for dec in DECODER:
+            assert not dominates(enc, dec) and not dominates(dec, enc)
+    front = {p.name for p in frontier(points)}
+    # each model keeps its own frontier: q8_0 beats f16 outright; q4_0 trades accuracy for speed
+    assert front == {"smollm2/q8_0", "smollm2/q4_0", "minilm/f16", "minilm/q4_0"}
+    rows = {r["name"]: r for r in analyze(points)}
+    assert rows["smollm2/f16"]["dominated_by"] == ["smollm2/q8_0"]
+    for r in rows.values():
+        model = r["name"].split("/")[0]
+        assert r["model"] == model and all(d.startswith(model + "/") for d in r["dominated_by"])
+    # the value score's reference is the model's own most accurate frontier point
+    assert rows["smollm2/q8_0"]["value_score"] == pytest.approx(1.0)
+    assert rows["minilm/f16"]["value_score"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="one model"):
+        frontier_best(points)
+
+
+def test_report_shows_one_frontier_per_model(tmp_path):
+    from apr_qa.certify import andon_blocks, plots
+
+    rows = []
+    for p in DECODER + ENCODER:
+        model, variant = p.name.split("/")
+        ev = {"accuracy_andon": {"model": {"value": p.accuracy}}, "latency": {"mean": p.latency_s},
+              "cost": {"device_seconds_per_1k_tokens": p.cost * 36000}}
+        rows.append({"model": model, "variant": variant, "_eval": ev, "_size": int(p.size_bytes), "stages": {}})
+    blocks = andon_blocks.pareto_blocks(rows, tmp_path, usd_per_device_hour=0.10)
+    heads = [b[1] for b in blocks if b[0] == "h3"]
+    assert heads == ["Pareto frontier: smollm2", "Pareto frontier: minilm"]
+    tables = [b[2] for b in blocks if b[0] == "table"]
+    assert [{r[0].split("/")[0] for r in t} for t in tables] == [{"smollm2"}, {"minilm"}]
+    for t in tables:
+        assert all(d == "-" or d.split("/")[0] == t[0][0].split("/")[0] for r in t for d in r[7].split(", "))
+    # the figure: one panel (plot and key) per model, each titled by its model and holding only its variants
+    fig, placed = plots.pareto_models_figure(DECODER + ENCODER)
+    assert len(fig.axes) == 4 and set(placed) == {"smollm2", "minilm"}
+    assert {p.name.split("/")[0] for p in placed["minilm"]} == {"minilm"}
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["Pareto frontier: smollm2", "Pareto frontier: minilm"]
+    assert "Pareto frontier: minilm" in (tmp_path / "pareto.svg").read_text()

@@ -79,3 +79,44 @@ def test_invalid_playbooks_name_file_and_place(tmp_path):
         load_playbook(loop)
     with pytest.raises(AprQaError, match="not found"):
         load_playbook(tmp_path / "absent.yaml")
+
+
+def test_stab_runs_wherever_a_tier_lists_it():
+    """STAB compares greedy reruns of a prompt: a tier that lists it runs every prompt at least twice
+    at temperature 0; the one-run tiers (smoke, mvp, quick) do not list it."""
+    listing = {t: "STAB" in load_playbook(t)["categories"] for t in TIERS}
+    assert listing == {"smoke": False, "mvp": False, "quick": False, "standard": True, "deep": True}
+    for tier in ("standard", "deep"):
+        pb = load_playbook(tier)
+        runs: dict[tuple, int] = {}
+        for s in plan(pb, VARIANTS):
+            runs[(s.variant, s.backend, s.modality, s.prompt["id"])] = runs.get(
+                (s.variant, s.backend, s.modality, s.prompt["id"]), 0) + 1
+        assert runs and min(runs.values()) >= 2 and pb["test_matrix"]["temperature"] == 0.0, tier
+
+
+def test_a_listed_category_must_be_measurable(tmp_path):
+    pb = tmp_path / "pb.yaml"
+    pb.write_text(yaml.safe_dump({"extends": "standard", "test_matrix": {"runs_per_prompt": 1}}))
+    with pytest.raises(AprQaError, match=r"pb.yaml: playbook standard: it lists STAB.*runs_per_prompt >= 2"):
+        load_playbook(pb)
+    pb.write_text(yaml.safe_dump({"extends": "standard", "test_matrix": {"temperature": 0.7}}))
+    with pytest.raises(AprQaError, match="it lists STAB"):
+        load_playbook(pb)
+    pb.write_text(yaml.safe_dump({"extends": "smoke", "categories": ["QUAL", "EDGE"]}))
+    with pytest.raises(AprQaError, match="it lists EDGE but has no EDGE prompt"):
+        load_playbook(pb)
+    pb.write_text(yaml.safe_dump({"extends": "smoke", "categories": ["COMP"]}))
+    with pytest.raises(AprQaError, match="neither the chat nor the serve modality"):
+        load_playbook(pb)
+    # listing STAB with the runs it needs is a valid one-run template made repeatable
+    pb.write_text(yaml.safe_dump({"extends": "quick", "categories": ["QUAL", "STAB"],
+                                  "test_matrix": {"runs_per_prompt": 2}}))
+    assert load_playbook(pb)["categories"] == ["QUAL", "STAB"]
+
+
+def test_plan_carries_each_variant_level_and_the_reference():
+    scenarios = plan(load_playbook("mvp"), VARIANTS, reference="/m/st")
+    levels = {s.variant: s.level for s in scenarios}
+    assert levels == {"st": "source", "gguf": "source", "q8": "q8_0"}
+    assert {s.reference for s in scenarios} == {"/m/st"}

@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 import pytest
+import tiny_models
 
 from apr_qa.certify import five_whys
 from apr_qa.certify.gateways import scenario_gateways
@@ -141,3 +142,136 @@ def test_serve_of_a_missing_model_is_a_load_failure(tmp_path):
                           scen(tmp_path / "gone.apr", "q", modality="serve")], "collect-all")
     assert [r.details["outcome"] for r in records] == ["fail", "skip"]
     assert records[0].details["stage"] == "load" and "gone.apr" in records[0].details["reason"]
+
+
+# -- EDGE: only the documented refusal passes ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def raising_child(tmp_path_factory):
+    """The real child (child_main and its error reporting) with the runtime failing by prompt id:
+    'typeerror' raises a TypeError, 'multiline' an AprQaError subclass whose message keeps its line
+    break (AprQaError itself always joins its message into one line)."""
+    script = tmp_path_factory.mktemp("child") / "raising_child.py"
+    script.write_text(textwrap.dedent("""
+        import sys
+        from apr_qa.certify import scenarios
+        from apr_qa.errors import AprQaError
+
+        class RawMessage(AprQaError):
+            def __init__(self, message):
+                Exception.__init__(self, message)  # skips the one-line normalisation
+
+        real = scenarios.run_one
+
+        def run_one(model, s):
+            if s["prompt"]["id"] == "typeerror":
+                raise TypeError("unsupported operand type(s)")
+            if s["prompt"]["id"] == "multiline":
+                raise RawMessage("first line\\nsecond line")
+            return real(model, s)
+
+        scenarios.run_one = run_one
+        sys.exit(scenarios.child_main())
+    """))
+    return [sys.executable, str(script)]
+
+
+def edge(path, prompt_id: str, text: str, modality: str = "run", category: str = "EDGE") -> Scenario:
+    return Scenario(f"tiny/cpu/{modality}/{prompt_id}/r1", "tiny", str(path), "cpu", modality,
+                    {"id": prompt_id, "input": text, "category": category}, 1, max_new_tokens=4)
+
+
+def test_edge_passes_only_on_the_documented_refusal(tiny_apr, raising_child):
+    records = run_matrix([edge(tiny_apr, "empty", ""), edge(tiny_apr, "typeerror", "x"),
+                          edge(tiny_apr, "multiline", "x"), edge(tiny_apr, "empty-qual", "", category="QUAL")],
+                         "collect-all", child=raising_child)
+    by_prompt = {r.details["scenario"]["prompt_id"]: r for r in records}
+    # the runtime refuses an empty prompt with a one-line AprQaError: the edge input is handled
+    refused = by_prompt["empty"]
+    assert refused.passed and refused.details["outcome"] == "pass", refused.details["reason"]
+    assert refused.details["refusal"] and refused.details["reason"].startswith("refused: ")
+    assert refused.details["exception_type"] != "TypeError"
+    # any other exception is the runtime failing on the input, with its type in the evidence
+    crashed = by_prompt["typeerror"]
+    assert not crashed.passed and crashed.details["outcome"] == "fail"
+    assert crashed.details["exception_type"] == "TypeError" and "TypeError" in crashed.details["reason"]
+    assert "documented refusal" in crashed.message
+    multiline = by_prompt["multiline"]
+    assert not multiline.passed and multiline.details["exception_type"] == "RawMessage"
+    assert not multiline.details["refusal"]
+    # a refusal of a normal prompt is a failure, not handling
+    assert not by_prompt["empty-qual"].passed and by_prompt["empty-qual"].details["outcome"] == "fail"
+
+
+def test_edge_refusal_over_the_server(tiny_apr):
+    """The server answers the runtime's refusal with 400 naming the AprQaError's type: an edge input
+    passes, a normal prompt fails."""
+    records = run_matrix([edge(tiny_apr, "empty", "", modality="serve"),
+                          edge(tiny_apr, "empty-qual", "", modality="serve", category="QUAL")], "collect-all")
+    edge_record, qual = records
+    assert edge_record.passed and edge_record.details["refusal"], edge_record.details["reason"]
+    assert "HTTP 400" in edge_record.details["reason"] and edge_record.details["exception_type"] != "HTTP 400"
+    assert not qual.passed
+
+
+def test_judge_of_error_answers():
+    from apr_qa.certify.scenarios import http_error_result, judge
+
+    s = edge("m.apr", "e", "")
+    assert judge(s, {"event": "error", "error": "AprQaError: empty", "message": "empty", "error_type": "AprQaError",
+                     "refusal": True}).outcome == "pass"
+    for bad in ({"event": "error", "error": "IndexError: list index out of range", "error_type": "IndexError",
+                 "refusal": False},
+                {"event": "error", "error": "AprQaError: a\nb", "message": "a\nb", "error_type": "AprQaError",
+                 "refusal": True},
+                {"event": "error", "error": "RuntimeError: old child", "refusal": None}):
+        o = judge(s, bad)
+        assert o.outcome == "fail" and o.extra["exception_type"] in o.reason, bad
+    # a 500 (the runtime failing) and a 400 of request validation are not refusals
+    assert judge(s, http_error_result(500, b'{"error": {"message": "TypeError: x", "exception": "TypeError"}}')
+                 ).outcome == "fail"
+    assert judge(s, http_error_result(400, b'{"error": {"message": "\'prompt\' must be a string"}}')).outcome == "fail"
+    assert judge(s, http_error_result(400, b'{"error": {"message": "UnsupportedError: too long", '
+                                           b'"exception": "UnsupportedError"}}')).outcome == "pass"
+
+
+# -- encoders: QUAL compares the embedding with the reference's ---------------------------------------
+
+@pytest.fixture(scope="module")
+def bert_variants(tiny_bert, tmp_path_factory):
+    from apr_qa.convert import convert
+
+    d = tmp_path_factory.mktemp("bert")
+    for level in ("q8_0", "q4_0"):
+        convert(tiny_bert, d / f"bert.{level}.apr", level)
+    other = tiny_models.make_tiny_bert(d / "other-weights", seed=1)  # same shapes, different weights
+    return d, other
+
+
+def bert_scenario(apr, level: str, reference) -> Scenario:
+    return Scenario(f"{level}/cpu/run/capital/r1", level, str(apr), "cpu", "run",
+                    {"id": "capital", "input": "The capital of France is", "category": "QUAL"}, 1,
+                    level=level, reference=str(reference) if reference else None)
+
+
+def test_encoder_qual_compares_with_the_reference_embedding(tiny_bert, bert_variants):
+    from apr_qa.evaluation.encoder_eval import DEFAULT_MIN_COSINE
+
+    d, other = bert_variants
+    right, wrong, none = run_matrix([bert_scenario(d / "bert.q8_0.apr", "q8_0", tiny_bert),
+                                     bert_scenario(d / "bert.q8_0.apr", "q8_0", other),
+                                     bert_scenario(d / "bert.q8_0.apr", "q8_0", None)], "collect-all")
+    # the same text through the source weights: the q8_0 level's cosine limit, from the evaluation's table
+    assert right.passed, right.details["reason"]
+    assert right.details["min_cosine"] == DEFAULT_MIN_COSINE["q8_0"]
+    assert right.details["cosine"] >= DEFAULT_MIN_COSINE["q8_0"]
+    # a finite vector from other weights is not the right embedding
+    assert not wrong.passed and wrong.details["cosine"] < DEFAULT_MIN_COSINE["q8_0"]
+    assert "below the q8_0 limit" in wrong.details["reason"]
+    # nothing to compare with: not a pass
+    assert not none.passed and "no reference embedding" in none.details["reason"]
+    # the level decides the limit: q4_0 passes at its own limit, not at f32's
+    q4, q4_as_f32 = run_matrix([bert_scenario(d / "bert.q4_0.apr", "q4_0", tiny_bert),
+                                bert_scenario(d / "bert.q4_0.apr", "f32", tiny_bert)], "collect-all")
+    assert q4.passed and q4.details["cosine"] < DEFAULT_MIN_COSINE["f32"]
+    assert not q4_as_f32.passed

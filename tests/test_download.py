@@ -86,6 +86,19 @@ def test_tampered_transfer_halts_with_d4(tmp_path, repo):
         proc, m = download(tmp_path, hub, "org/tiny")
     assert proc.returncode == 3 and m is None
     assert "D4 checksum mismatch" in proc.stderr and "model.safetensors" in proc.stderr
+    # the failure is recorded as measured, beside the manifest the failed job does not leave
+    failed = json.loads((tmp_path / "manifest.failed.json").read_text())
+    gates = {g["id"]: g for g in failed["gates"]}
+    assert failed["status"] == "failed" and failed["failure"]["gate"] == "D4" and failed["failure"]["level"] == "halt"
+    assert gates["D3"]["passed"] and not gates["D4"]["passed"] and gates["D4"]["level"] == "halt"
+    (mismatch,) = gates["D4"]["details"]["mismatches"]
+    assert mismatch["name"] == "model.safetensors" and mismatch["actual"] == sha256(repo / "model.safetensors")
+    assert mismatch["expected"] != mismatch["actual"]
+    assert gates["D4"]["measured"] == 2 and gates["D4"]["details"]["verified"] == 3  # the other files matched
+    # a successful download removes the stale failure record
+    with HubMirror({"org/tiny": repo}) as hub:
+        proc, m = download(tmp_path, hub, "org/tiny")
+    assert proc.returncode == 0 and m["status"] == "ok" and not (tmp_path / "manifest.failed.json").exists()
 
 
 def test_missing_repo_skips_with_d1(tmp_path, repo):
@@ -134,6 +147,9 @@ def test_persistent_5xx_fails_with_d3(tmp_path, repo):
         hub.fail_next("/api/models/org/tiny", count=100, status=503)
         proc, m = download(tmp_path, hub, "org/tiny", "--retries", "2")
     assert proc.returncode == 1 and m is None and "D3" in proc.stderr
+    failed = json.loads((tmp_path / "manifest.failed.json").read_text())
+    assert failed["failure"] == {"gate": "D3", "level": "fail", "message": failed["gates"][0]["message"]}
+    assert [(g["id"], g["passed"]) for g in failed["gates"]] == [("D3", False)]
 
 
 def test_offline_uses_populated_cache(tmp_path, repo):

@@ -4,8 +4,9 @@ olah (PyPI: a self-hosted HuggingFace mirror, a test dependency) runs as a cachi
 of the project's hub_mirror: first online, filling its own cache, then with `offline = true` and the
 upstream gone, serving the embedded models from that cache alone. `apr-qa download` (huggingface_hub
 inside) runs as a subprocess, so the HF_* environment is read as in the workflow. Also: a tampered
-blob halts with D4 and writes nothing, a killed download resumes from its `.incomplete` file with a
-Range request, 8 concurrent downloads share one HF cache, and unsafe repository file names are refused.
+blob halts with D4 and writes no manifest (only the failure record), a killed download resumes from
+its `.incomplete` file with a Range request, 8 concurrent downloads share one HF cache, and unsafe
+repository file names are refused.
 """
 
 from __future__ import annotations

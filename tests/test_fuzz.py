@@ -672,6 +672,7 @@ MODEL_PLAYBOOK = b"""\
 extends: quick
 name: tiny-llama
 model: {id: tiny/llama, family: llama, parameters: 100000}
+categories: [QUAL, PERF, STAB, REGR]
 test_matrix: {runs_per_prompt: 2}
 prompts:
   - {id: capital, input: "The capital of France is", expected_pattern: "Paris", category: QUAL}

@@ -19,6 +19,7 @@ import tiny_encoders
 import tiny_models
 import tiny_phi
 from test_workflow_snakemake import BIN, PROMPTS, ROOT, _env
+from workflow_ws import TEST_CORPUS
 
 pytestmark = pytest.mark.slow
 SEED_CONFIG = ROOT / "config/seed-models.yaml"
@@ -79,6 +80,7 @@ def workspace(tmp_path_factory) -> Path:
                 "hub": {"cache_dir": str(root / "cache"), "offline": True, "endpoint": None},
                 "oracle": False, "variants": ["q8_0"],
                 "validation": {"tolerances": None},
+                "corpus": TEST_CORPUS,
                 "evaluation": {"prompts": "config/prompts/test.yaml", "device": "cpu", "threads": 1,
                                "extra_args": "--max-new-tokens 2"}})
     (ws / "config/config.yaml").write_text(yaml.safe_dump(cfg))

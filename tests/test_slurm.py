@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from slurm_cluster import ClusterUnavailable, SlurmCluster, start_cluster
+from workflow_ws import TEST_CORPUS
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "profiles" / "slurm"
@@ -195,6 +196,7 @@ def make_workspace(ws: Path, cache: Path) -> Path:
         "hub": {"cache_dir": str(cache), "offline": True, "endpoint": None},
         "download": {"max_size_gb": 10, "retries": 1}, "variants": WORKFLOW_VARIANTS,
         "validation": {"tolerances": "config/tolerances.yaml"},
+        "corpus": TEST_CORPUS,
         "evaluation": {"prompts": "config/prompts/test.yaml", "runs": 1, "device": "cpu", "threads": 1,
                        "extra_args": "--max-new-tokens 2 --timeout 120"},
         "models": [{"id": WORKFLOW_MODEL, "repo": WORKFLOW_REPO}],

@@ -26,6 +26,7 @@ from apr_qa.errors import AprQaError
 from apr_qa.gate_catalogue import gateway_of
 from apr_qa.workflow.tiers import tier_variants
 from test_workflow_snakemake import BIN, PROMPTS, ROOT, _env, executed, nothing_to_do
+from workflow_ws import TEST_CORPUS
 
 MODEL, REPO = "tiny-llama", "test/tiny-llama"
 SITE_VARIANTS = ["f16", "q8_0", "q4_0", "q4_k"]
@@ -84,6 +85,7 @@ def workspace(tmp_path_factory, hub_cache) -> Path:
         "hub": {"cache_dir": str(hub_cache), "offline": True, "endpoint": None},
         "download": {"max_size_gb": 10, "retries": 1}, "variants": SITE_VARIANTS,
         "validation": {"tolerances": "config/tolerances.yaml"},
+        "corpus": TEST_CORPUS,
         "evaluation": {"prompts": "config/prompts/test.yaml", "device": "cpu", "threads": 1,
                        "extra_args": "--max-new-tokens 2"},
         "models": [{"id": MODEL, "repo": REPO, "family": "llama"}],
@@ -106,7 +108,8 @@ def _evidence(ws: Path) -> dict:
 @pytest.mark.slow
 def test_smoke_dag_has_one_variant_and_one_certification(workspace, built):
     mv = f"{MODEL}/q8_0"
-    assert executed(built) == {("download", MODEL), ("convert", mv), ("validate", mv), ("gate-validate", mv),
+    assert executed(built) == {("download", MODEL), ("corpus_reference", MODEL), ("convert", mv), ("validate", mv),
+                               ("gate-validate", mv),
                                ("evaluate", mv), ("gate-evaluate", mv), ("summarize", mv),
                                ("certify", MODEL), ("report", "")}
     # the tier's runs per prompt and timeout reach `apr-qa eval` (extra_args come last and win)

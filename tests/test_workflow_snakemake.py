@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from workflow_ws import TEST_CORPUS_ON
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -81,6 +82,7 @@ def write_config(ws: Path, cache: Path, policy: str = "stop-on-p0") -> None:
         "hub": {"cache_dir": str(cache), "offline": True, "endpoint": None},
         "download": {"max_size_gb": 10, "retries": 1}, "variants": VARIANTS,
         "validation": {"tolerances": "config/tolerances.yaml"},
+        "corpus": TEST_CORPUS_ON,
         "evaluation": {"prompts": "config/prompts/test.yaml", "runs": 1, "device": "cpu", "threads": 1,
                        "extra_args": "--max-new-tokens 2 --timeout 120"},
         "models": [{"id": mid, "repo": repo} for mid, repo in MODELS.items()],
@@ -125,7 +127,7 @@ def built(workspace) -> subprocess.CompletedProcess:
 
 
 def test_full_build(workspace, built, hub_cache):
-    want = {("download", m) for m in MODELS} | {("report", "")}
+    want = {("download", m) for m in MODELS} | {("corpus_reference", m) for m in MODELS} | {("report", "")}
     for m in MODELS:
         for v in VARIANTS:
             want |= chain(m, v)
@@ -213,7 +215,10 @@ def test_tampered_download_halts(tmp_path, workspace, built, hub_cache):
     proc = snakemake(ws)
     assert proc.returncode != 0
     assert "D4 checksum mismatch" in (ws / "results/logs/download/tiny-gguf.log").read_text()
-    assert not (ws / "results/download/tiny-gguf").exists()
+    # no manifest: only the failure, recorded as measured (D4 failed, naming the differing file)
+    assert [f.name for f in (ws / "results/download/tiny-gguf").iterdir()] == ["manifest.failed.json"]
+    failed = json.loads((ws / "results/download/tiny-gguf/manifest.failed.json").read_text())
+    assert failed["failure"]["gate"] == "D4" and not next(g for g in failed["gates"] if g["id"] == "D4")["passed"]
     assert not (ws / "results/apr/tiny-gguf").exists() and not (ws / "results/validate/tiny-gguf").exists()
     assert (ws / "results/andon/STOP").exists()  # halt-level under stop-on-p0 stops the line
     report = (ws / "results/report.md").read_text()

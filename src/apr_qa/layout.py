@@ -25,6 +25,7 @@ GATED_EVIDENCE = "{stage}/{model}/{variant}.json"
 # Artifact templates relative to the results folder. Wildcards: {model}, {variant}, {stage}.
 ARTIFACTS: dict[str, str] = {
     "manifest": "download/{model}/manifest.json",  # download: files, sha256s, commit, status
+    "download_failure": "download/{model}/manifest.failed.json",  # a failed download's D3/D4 records, as measured
     "apr": "apr/{model}/{model}.{variant}.apr",  # convert: the artifact
     "apr_record": "apr/{model}/{model}.{variant}.apr.sha256.json",  # convert: its size and sha256
     "conversion": "convert/{model}/{variant}.json",  # convert: timings, parameter count, gates
@@ -34,6 +35,7 @@ ARTIFACTS: dict[str, str] = {
     "summary": "summary/{model}/{variant}.json",  # the variant's status across the stages
     "certification": "certify/{model}/evidence.json",  # the model's certification (tier playbook)
     "oracle": "oracle/{model}.json",  # our runtime vs transformers on the source
+    "corpus_reference": "corpus/{model}/reference.npz",  # the reference's log-probs on the corpus, once per model
     "stack_evaluation": "stacks/{model}/{variant}/{stack}.json",  # evaluate on another stack (docs/stacks.md)
     "stack_logits": "stacks/{model}/{variant}/{stack}.logits.npz",  # per-token logits (builtin's too): diff input
     "differential": "differential/{model}/{variant}/{stack}.json",  # diff-stacks builtin vs {stack} (gate X1)
@@ -46,6 +48,8 @@ ARTIFACTS: dict[str, str] = {
     "pareto_svg": "pareto.svg",
     "kld_png": "kld.png",  # KLD and same-top-1 of each variant against its reference
     "kld_svg": "kld.svg",
+    "corpus_kld_png": "corpus_kld.png",  # the per-token KLD distribution of each variant on the corpus
+    "corpus_kld_svg": "corpus_kld.svg",
     "latency_png": "latency.png",  # each variant's request latencies over the evaluation's runs
     "latency_svg": "latency.svg",
     "checksum_cache": ".checksums",

@@ -1,6 +1,6 @@
-"""Report sections that need no certification: the Five Whys of every failed stage gate, and the
-Pareto frontier of every evaluated variant with its inference cost. So both appear whatever the
-tier (tier null runs the stage gates only).
+"""Report sections that need no certification: the Five Whys of every failed stage gate, and each
+model's Pareto frontier of its evaluated variants with their inference cost. So both appear whatever
+the tier (tier null runs the stage gates only).
 
 Input rows are the workflow report's variant rows (a summary per model/variant with its stages'
 gate dicts, plus "_eval": the evaluation JSON and "_size": the .apr's bytes). Output is the report's
@@ -51,14 +51,15 @@ def evaluation_points(rows: list[dict[str, Any]], usd_per_device_hour: float | N
     for r in rows:
         if r.get("_size") and r.get("_eval"):
             p = pareto.point_from_evaluation(f"{r['model']}/{r['variant']}", r["_eval"], r["_size"],
-                                             usd_per_device_hour)
+                                             usd_per_device_hour, model=r["model"])
             if p is not None:
                 points.append(p)
     return points
 
 
 def pareto_blocks(rows: list[dict[str, Any]], out_dir: Path, usd_per_device_hour: float | None) -> list[tuple]:
-    """The frontier over every evaluated variant; writes pareto.png/.svg into out_dir."""
+    """One frontier per model over its evaluated variants (a table each, one panel each in
+    pareto.png/.svg, written into out_dir)."""
     points = evaluation_points(rows, usd_per_device_hour)
     table = pareto.analyze(points)
     priced = usd_per_device_hour is not None
@@ -69,13 +70,18 @@ def pareto_blocks(rows: list[dict[str, Any]], out_dir: Path, usd_per_device_hour
               "tokens (prefill included; encoders: per 1k input tokens) x "
               + (f"{usd_per_device_hour:g} USD per device-hour (config cost.usd_per_device_hour)." if priced else
                  "the price per device-hour, which is not configured (cost.usd_per_device_hour): no cost axis.")
-              + " Value = accuracy x cost x speed ratios against the frontier's most accurate point.")]
+              + " Value = accuracy x cost x speed ratios against the frontier's most accurate point."
+              + " Each model has its own frontier: a variant is compared only with variants of the same model "
+                "(an encoder's pair-ordering accuracy and a decoder's answer accuracy are different measures).")]
     if table:
-        out.append(("table", ["variant", "accuracy", "latency s", "size MB", "USD / 1k tokens", "frontier", "value",
-                              "dominated by"],
-                    [[t["name"], f"{t['accuracy']:.3f}", f"{t['latency_s']:.3f}", f"{t['size_bytes'] / 1e6:.1f}",
-                      "-" if t["cost"] is None else f"{t['cost']:.3g}", "yes" if t["on_frontier"] else "no",
-                      f"{t['value_score']:.3f}", ", ".join(t["dominated_by"]) or "-"] for t in table]))
+        for model in dict.fromkeys(t["model"] for t in table):
+            out += [("h3", f"Pareto frontier: {model}"),
+                    ("table", ["variant", "accuracy", "latency s", "size MB", "USD / 1k tokens", "frontier", "value",
+                               "dominated by"],
+                     [[t["name"], f"{t['accuracy']:.3f}", f"{t['latency_s']:.3f}", f"{t['size_bytes'] / 1e6:.1f}",
+                       "-" if t["cost"] is None else f"{t['cost']:.3g}", "yes" if t["on_frontier"] else "no",
+                       f"{t['value_score']:.3f}", ", ".join(t["dominated_by"]) or "-"]
+                      for t in table if t["model"] == model])]
         plots.pareto_plot(points, out_dir / "pareto.png", out_dir / "pareto.svg")
         out.append(("img", out_dir / "pareto.png", "Pareto frontier", out_dir / "pareto.svg"))
     else:

@@ -10,7 +10,7 @@ from typing import Any
 from ..evidence import Evidence
 from ..fsutil import write_text_atomic
 from ..render import Block, to_html, to_markdown
-from .mqs import category_of, outcome_of
+from .mqs import NOT_MEASURED, category_of, outcome_of
 
 MAX_FAILURES_IN_MARKDOWN = 50  # the HTML page lists them all
 
@@ -32,8 +32,11 @@ def certification_blocks(ctx: dict[str, Any], records: list[Evidence], pareto_ro
                         ("table", ["gate", "result", "reason"],
                          [[g["id"], "pass" if g["passed"] else "FAIL", g["reason"]] for g in mqs["gateways"]]),
                         ("h3", "MQS categories"),
+                        ("p", "A category the tier did not test is not measured: it is left out of the MQS and "
+                              "the measured categories' weights are scaled to the 1000 points."),
                         ("table", ["category", "passed", "points"],
                          [[k, f"{c['passed']}/{c['total']}", f"{c['points']}/{c['max']}"]
+                          if c.get("measured", c["total"] > 0) else [k, "-", NOT_MEASURED]
                           for k, c in mqs["categories"].items()])]
     failures = [r for r in records if not r.passed and outcome_of(r) != "skip"]
     if failures:

@@ -1,8 +1,12 @@
 """Model Qualification Score (MQS): 0-1000 raw points over six categories, gated by G0-G4.
 
 The arithmetic:
-each category scores round(passed/total * max) (no tests: full marks), crashes cost 20 points
-and timeouts 10, any gateway failure zeroes the score, normalized = 100 ln(1+9x)/ln(10), x = raw/1000.
+each category scores round(passed/total * max); a category with no tests (one the tier does not
+test, such as EDGE in smoke) is "not measured": it is left out and the measured categories' points
+are scaled to the 1000-point total, raw = round(sum of their points x 1000 / sum of their maxima),
+so an untested category never counts as full marks and never drags a score down either. With no
+measured category at all raw is 0. Crashes cost 20 points and timeouts 10, any gateway failure
+zeroes the score, normalized = 100 ln(1+9x)/ln(10), x = raw/1000.
 
 Grades use the usual US plus/minus scale. The coarse bands name the
 lowest grade of each band: A- starts at 90, plain B at 83 (B- is 80-83), C- at 70, D- at
@@ -85,6 +89,16 @@ def status(raw: int, gateways_passed: bool) -> str:
     return "PROVISIONAL" if raw < CERTIFIED_FROM else "CERTIFIED"
 
 
+NOT_MEASURED = "not measured"
+
+
+def category_label(category: dict[str, Any]) -> str:
+    """CategoryScore.label of a category as MqsScore.to_dict writes it (evidence files)."""
+    if not category.get("measured", category.get("total", 0) > 0):
+        return NOT_MEASURED
+    return f"{category['points']}/{category['max']} ({category['passed']}/{category['total']})"
+
+
 @dataclass
 class CategoryScore:
     passed: int
@@ -92,9 +106,20 @@ class CategoryScore:
     max: int
 
     @property
-    def points(self) -> int:
+    def measured(self) -> bool:
+        return self.total > 0
+
+    @property
+    def points(self) -> int | None:
+        """None when not measured (never full marks for a category nothing tested)."""
+        if not self.measured:
+            return None
         # Half away from zero, like Rust's f64::round (Python's round() would halve to even).
-        return self.max if self.total == 0 else math.floor(self.passed / self.total * self.max + 0.5)
+        return math.floor(self.passed / self.total * self.max + 0.5)
+
+    def label(self) -> str:
+        """How reports show the category: "150/200 (3/4)" or "not measured"."""
+        return f"{self.points}/{self.max} ({self.passed}/{self.total})" if self.measured else NOT_MEASURED
 
 
 @dataclass
@@ -132,9 +157,15 @@ class MqsScore:
         """A tier passes when the gateways hold and the raw MQS reaches its threshold (700; deep 900)."""
         return self.gateways_passed and self.raw >= threshold
 
+    @property
+    def not_measured(self) -> list[str]:
+        return [k for k, c in self.categories.items() if not c.measured]
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["categories"] = {k: {**asdict(c), "points": c.points} for k, c in self.categories.items()}
+        d["categories"] = {k: {**asdict(c), "points": c.points, "measured": c.measured}
+                           for k, c in self.categories.items()}
+        d["not_measured"] = self.not_measured
         d.update(gateways_passed=self.gateways_passed, qualifies=self.qualifies(),
                  production_ready=self.is_production_ready())
         return d
@@ -152,6 +183,16 @@ def gateways_of(records: list[Evidence]) -> list[Gateway]:
     return out
 
 
+def measured_points(categories: dict[str, CategoryScore]) -> int:
+    """The measured categories' points scaled to MAX_RAW (their weights renormalised); 0 when none is
+    measured: a certification that measured nothing has shown nothing."""
+    measured = [c for c in categories.values() if c.measured]
+    weight = sum(c.max for c in measured)
+    if not weight:
+        return 0
+    return math.floor(sum(c.points or 0 for c in measured) * MAX_RAW / weight + 0.5)
+
+
 def score(records: Iterable[Evidence]) -> MqsScore:
     records = list(records)
     gateways = gateways_of(records)
@@ -165,7 +206,7 @@ def score(records: Iterable[Evidence]) -> MqsScore:
     timeouts = sum(outcome_of(r) == "timeout" for r in tests)
     penalty = CRASH_PENALTY * crashes + TIMEOUT_PENALTY * timeouts
     passed_gw = all(g.passed for g in gateways)
-    raw = max(0, sum(c.points for c in cats.values()) - penalty) if passed_gw else 0
+    raw = max(0, measured_points(cats) - penalty) if passed_gw else 0
     norm = normalize(raw)
     return MqsScore(raw, norm, grade(norm), status(raw, passed_gw), gateways, cats, crashes, timeouts,
                     penalty if passed_gw else MAX_RAW, len(tests), sum(outcome_of(r) == "pass" for r in tests))

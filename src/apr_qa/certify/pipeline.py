@@ -133,7 +133,10 @@ def size_category(parameters: int | None) -> str:
 def certify(model_id: str, playbook: dict[str, Any], variants: list[Variant], output: str | Path, *,
             family: str | None = None, parameters: int | None = None, extra_evidence: Sequence[str | Path] = (),
             source_index: dict[str, Any] | None = None, policy: str | None = None,
-            child: list[str] | None = None, server: list[str] | None = None) -> tuple[list[Evidence], MqsScore]:
+            child: list[str] | None = None, server: list[str] | None = None,
+            reference: str | None = None) -> tuple[list[Evidence], MqsScore]:
+    """`reference`: the source weights, whose embeddings an encoder's are compared with (default: a
+    SafeTensors variant among `variants`, the source when it is certified too)."""
     started = time.time()
     chosen = select_variants(playbook, variants)
     if not chosen:
@@ -144,8 +147,10 @@ def certify(model_id: str, playbook: dict[str, Any], variants: list[Variant], ou
         g0 = g0_integrity(v.path)
         g0.details["variant"] = v.name
         records.append(g0)
-    scenario_records = run_matrix(plan(playbook, chosen), policy or playbook["failure_policy"], limits(playbook),
-                                  child=child, server=server)
+    if reference is None:
+        reference = next((v.path for v in variants if v.format == "safetensors"), None)
+    scenario_records = run_matrix(plan(playbook, chosen, reference), policy or playbook["failure_policy"],
+                                  limits(playbook), child=child, server=server)
     formats = {v.name: v.format for v in chosen}
     for r in scenario_records:
         r.details["format"] = formats[r.details["scenario"]["variant"]]
@@ -174,6 +179,7 @@ def certify(model_id: str, playbook: dict[str, Any], variants: list[Variant], ou
                           "size_category": size_category(parameters)},
                    tier=playbook["tier"], playbook=playbook["name"], pass_threshold=threshold,
                    tier_passed=result.tier_passed(threshold), variants=[v.__dict__ for v in chosen],
+                   categories=playbook["categories"], reference=reference,
                    mqs=result.to_dict(), host=host_info(), stack=stack_info(), argv=sys.argv,
                    started=started, finished=time.time())
     return records, result

@@ -4,6 +4,11 @@ A model playbook names a template (`extends: quick`, or a path) and overrides an
 mappings merge key by key, lists and scalars replace. The merged result must satisfy
 config/playbooks/schema.yaml. `plan` expands a playbook and the model's variant files into the
 scenario matrix: variants x backends x modalities x prompts x runs.
+
+`categories` lists the MQS categories the tier's scenarios test, and a listed category must be one
+its matrix can measure (check_categories): STAB compares greedy reruns of a prompt, so a tier that
+lists it runs every prompt at least twice at temperature 0. A category nothing tested is "not
+measured" in the MQS (apr_qa.certify.mqs), never full marks.
 """
 
 from __future__ import annotations
@@ -74,7 +79,35 @@ def load_playbook(name_or_path: str | Path, templates: Path | None = None) -> di
                          + (f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""), path)
     playbook["prompts"] = [parse_prompt(p, i, path, require_pattern=False, categories=PLAYBOOK_CATEGORIES).to_dict()
                            for i, p in enumerate(playbook["prompts"])]
+    problems = check_categories(playbook)
+    if problems:
+        raise AprQaError(f"playbook {playbook['name']}: " + "; ".join(problems), path)
     return playbook
+
+
+MIN_STAB_RUNS = 2  # the determinism check compares a prompt's greedy reruns: one run has nothing to compare
+
+
+def check_categories(playbook: dict[str, Any]) -> list[str]:
+    """Why a category the playbook lists could not be measured by its scenario matrix (empty: all can)."""
+    m = playbook["test_matrix"]
+    greedy = m.get("temperature", 0.0) == 0.0
+    prompt_categories = {p["category"] for p in playbook["prompts"]}
+    max_variants = playbook["variants"].get("max_variants")
+    why = {
+        "QUAL": None if "QUAL" in prompt_categories else "it lists QUAL but has no QUAL prompt",
+        "EDGE": None if "EDGE" in prompt_categories else "it lists EDGE but has no EDGE prompt",
+        "PERF": None if "run" in m["modalities"] else "it lists PERF but not the run modality (decode throughput)",
+        "COMP": None if {"chat", "serve"} & set(m["modalities"]) else
+        "it lists COMP but runs neither the chat nor the serve modality",
+        "STAB": None if m["runs_per_prompt"] >= MIN_STAB_RUNS and greedy else
+        f"it lists STAB, which compares greedy reruns of each prompt: it needs runs_per_prompt >= {MIN_STAB_RUNS} "
+        f"at temperature 0 (has {m['runs_per_prompt']} at {m.get('temperature', 0.0)})",
+        "REGR": None if greedy and max_variants != 1 else
+        "it lists REGR, which compares each variant's greedy first token with the reference variant's: it needs "
+        "temperature 0 and more than one variant",
+    }
+    return [reason for c in playbook["categories"] if (reason := why.get(c))]
 
 
 @dataclass
@@ -115,7 +148,14 @@ def select_variants(playbook: dict[str, Any], variants: list[Variant]) -> list[V
     return chosen
 
 
-def plan(playbook: dict[str, Any], variants: list[Variant]) -> list[Scenario]:
+def level_of(v: Variant) -> str:
+    """The variant's quantization level as the evaluation names it: a .apr's level, else "source"."""
+    return (v.quant or "source") if v.format == "apr" else "source"
+
+
+def plan(playbook: dict[str, Any], variants: list[Variant], reference: str | None = None) -> list[Scenario]:
+    """The scenario matrix; `reference` (the source weights) is what an encoder's embeddings are
+    compared with."""
     m, t = playbook["test_matrix"], playbook["timeouts"]
     scenarios = []
     for v in select_variants(playbook, variants):
@@ -126,7 +166,7 @@ def plan(playbook: dict[str, Any], variants: list[Variant]) -> list[Scenario]:
                         scenarios.append(Scenario(
                             f"{v.name}/{backend}/{modality}/{prompt['id']}/r{run}", v.name, v.path, backend, modality,
                             prompt, run, m.get("max_new_tokens", 16), m.get("temperature", 0.0), m.get("seed", 42),
-                            t["scenario_s"]))
+                            t["scenario_s"], level_of(v), reference))
     return scenarios
 
 

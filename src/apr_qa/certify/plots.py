@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .pareto import Point, frontier
+from .pareto import Point, by_model, frontier
 
 LOG_SPAN_MIN = 20.0  # max/min ratio above which an axis goes logarithmic
 FRONT_COLOUR, OTHER_COLOUR = "#1f6fb4", "#7a7a7a"
@@ -160,17 +160,47 @@ def _place_labels(fig: Any, ax: Any, points: list[Point], by_cost: bool) -> list
     return placed
 
 
+def _panel_height(points: list[Point]) -> float:
+    """Inches of one frontier panel: room for the key's lines."""
+    return max(4.6, 1.4 + 0.2 * len(points))
+
+
 def pareto_figure(points: list[Point], title: str = "Pareto frontier") -> tuple[Any, list[Placed]]:
     """Accuracy vs cost per 1k tokens (latency when any point has no cost): frontier points as filled
     stars joined by the frontier's step line, dominated points hollow, each numbered; the key beside
-    the plot maps numbers to variants with their values."""
+    the plot maps numbers to variants with their values. The points should be one model's variants
+    (pareto_models_figure draws one panel per model)."""
     plt = _pyplot()
+    fig = plt.figure(figsize=(10, _panel_height(points)), dpi=110)
+    ax = fig.add_axes((0.08, 0.12, 0.55, 0.78))
+    key = fig.add_axes((0.66, 0.12, 0.33, 0.78))
+    return fig, _draw_pareto(fig, ax, key, points, title)
+
+
+def pareto_models_figure(points: list[Point], title: str = "Pareto frontier") -> tuple[Any, dict[str, list[Placed]]]:
+    """One frontier panel per model, stacked: variants are compared only within their model, so no
+    panel mixes models (an encoder's frontier never holds a decoder's variant)."""
+    plt = _pyplot()
+    groups = by_model(points)
+    heights = [_panel_height(g) for g in groups.values()]
+    total = sum(heights)
+    fig = plt.figure(figsize=(10, total), dpi=110)
+    placed: dict[str, list[Placed]] = {}
+    top = total
+    for (model, group), height in zip(groups.items(), heights, strict=True):
+        bottom = top - height
+        y0, h = (bottom + 0.12 * height) / total, 0.78 * height / total  # the single panel's margins
+        ax = fig.add_axes((0.08, y0, 0.55, h))
+        key = fig.add_axes((0.66, y0, 0.33, h))
+        placed[model] = _draw_pareto(fig, ax, key, group, f"{title}: {model}" if model else title)
+        top = bottom
+    return fig, placed
+
+
+def _draw_pareto(fig: Any, ax: Any, key: Any, points: list[Point], title: str) -> list[Placed]:
     front = frontier(points)
     by_cost = all(p.cost is not None and p.cost > 0 for p in points)
     xs = [_x(p, by_cost) for p in points]
-    fig = plt.figure(figsize=(10, max(4.6, 1.4 + 0.2 * len(points))), dpi=110)
-    ax = fig.add_axes((0.08, 0.12, 0.55, 0.78))
-    key = fig.add_axes((0.66, 0.12, 0.33, 0.78))
     key.axis("off")
     stairs = _staircase(points, by_cost)
     if len(stairs) > 1:
@@ -205,7 +235,7 @@ def pareto_figure(points: list[Point], title: str = "Pareto frontier") -> tuple[
                       f"{format(_x(p, by_cost), '.3g'):>8}" for i, p in enumerate(points, 1)]
     lines.append("* on the Pareto frontier")
     key.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=8)
-    return fig, placed
+    return placed
 
 
 def pareto_plot(points: list[Point], out_png: str | Path, out_svg: str | Path | None = None,
@@ -213,7 +243,7 @@ def pareto_plot(points: list[Point], out_png: str | Path, out_svg: str | Path | 
     if not points:
         placeholder("no evaluated variant has accuracy and latency to compare", out_png, out_svg)
         return
-    fig, _ = pareto_figure(points, title)
+    fig, _ = pareto_models_figure(points, title)
     save(fig, out_png, out_svg)
 
 
@@ -285,4 +315,28 @@ def latency_figure(rows: list[dict[str, Any]]) -> Any:
     ax.grid(True, axis="x", alpha=0.35)
     ax.set_title("Request latency over the evaluation's runs (box: quartiles, line: median, dots: runs)",
                  fontsize=11)
+    return fig
+
+
+def corpus_kld_figure(rows: list[dict[str, Any]]) -> Any:
+    """The distribution of per-token KL divergence on the corpus, one curve per variant and stack: the
+    share of scored tokens whose KLD exceeds x (log x axis), from the evaluation's histogram.
+    rows: {name, edges, counts}."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(10, 4.2), dpi=110)
+    for r in rows:
+        counts = r["counts"]
+        total = sum(counts) or 1
+        above = [sum(counts[i:]) / total for i in range(len(counts))]  # share with KLD >= the bin's left edge
+        ax.step(r["edges"][:-1], above, where="post", label=r["name"])
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_ylim(1e-4, 1.2)
+    ax.xaxis.set_major_formatter(plt.FuncFormatter(_tick_text))
+    ax.yaxis.set_major_formatter(plt.FuncFormatter(_tick_text))
+    ax.set_xlabel("per-token KL divergence from the reference (nats)")
+    ax.set_ylabel("share of scored tokens above")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.suptitle("Per-token KLD on the corpus (lower curves are better)", fontsize=11)
     return fig

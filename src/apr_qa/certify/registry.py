@@ -43,10 +43,19 @@ def row_from_evidence(path: str | Path) -> dict[str, str]:
             col = f"tps_{_FORMAT_KEY[d['format']]}_{_BACKEND_KEY[d['backend']]}"
             best[col] = max(best.get(col, 0.0), float(d["tokens_per_s"]))
     row.update({k: f"{v:.2f}" for k, v in best.items()})
-    # Provenance holds when the download checksums (D4) passed and none failed.
-    d4 = [r for r in records if r.id == "D4"]
-    row["provenance_verified"] = str(bool(d4) and all(r.passed for r in d4)).lower()
+    row["provenance_verified"] = str(provenance_verified(records)).lower()
     return row
+
+
+PROVENANCE_GATES = ("D3", "D4")  # every chosen file fetched, every file's sha256 the hub's (and the pins)
+
+
+def provenance_verified(records: list) -> bool:
+    """True only when the certification holds a recorded outcome of each provenance gate and every one
+    of them passed: a download that failed D3 or D4 records that failure, and evidence that holds no
+    such record verifies nothing."""
+    found = [r for r in records if r.id in PROVENANCE_GATES]
+    return {r.id for r in found} == set(PROVENANCE_GATES) and all(r.passed for r in found)
 
 
 def read_csv(path: str | Path) -> list[dict[str, str]]:

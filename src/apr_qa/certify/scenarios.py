@@ -11,6 +11,7 @@ serve scenarios start `apr-qa serve` and ask it over HTTP on loopback.
 from __future__ import annotations
 
 import json
+import math
 import os
 import selectors
 import signal
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Callable
 
+from ..errors import AprQaError
 from ..evaluation.prompts import matches
 from ..evidence import Evidence
 from . import garbage
@@ -48,6 +50,8 @@ class Scenario:
     temperature: float = 0.0
     seed: int = 42
     timeout_s: float = 60.0
+    level: str = "source"          # the variant's quantization level (its embedding cosine limit)
+    reference: str | None = None   # the source weights: an encoder's embedding is compared with theirs
 
     @property
     def category(self) -> str:
@@ -71,16 +75,28 @@ class Outcome:
 
 # -- judging one completed scenario ------------------------------------------------------------------
 
+def is_refusal(result: dict[str, Any]) -> bool:
+    """The documented refusal: the runtime raised an AprQaError (apr_qa.errors) whose message is one
+    line. Anything else the runtime raised (a TypeError, an IndexError, a multi-line message) is the
+    runtime failing on the input, not handling it."""
+    message = str(result.get("message", result.get("error", "")))
+    return bool(result.get("refusal")) and "\n" not in message.strip()
+
+
 def judge(s: Scenario, result: dict[str, Any]) -> Outcome:
-    """Pass/fail of a child's answer: output present, not garbage, expected pattern found."""
+    """Pass/fail of a child's answer: output present, not garbage, expected pattern found; an EDGE
+    input passes by completing or by the documented refusal (is_refusal)."""
     edge = s.prompt.get("category") == "EDGE"
     if result["event"] == "error":
-        # A clean refusal of an edge input is handling it; on a normal prompt it is a failure.
-        return Outcome("pass" if edge else "fail", "generate", f"{'handled: ' if edge else ''}{result['error']}")
+        extra = {"exception_type": result.get("error_type") or "unknown", "refusal": is_refusal(result)}
+        if not edge:
+            return Outcome("fail", "generate", result["error"], extra)
+        if extra["refusal"]:
+            return Outcome("pass", "generate", f"refused: {result['error']}", extra)
+        return Outcome("fail", "generate", f"not the documented refusal (a one-line AprQaError): "
+                                           f"{extra['exception_type']}: {result['error']}", extra)
     if "values" in result:
-        verdict = garbage.check_values(result["values"])
-        extra = {"garbage": asdict(verdict), "values_checked": len(result["values"])}
-        return Outcome("fail" if verdict.garbage else "pass", "generate", "; ".join(verdict.reasons), extra)
+        return _judge_embedding(s, result)
     text = result["text"]
     extra = {"output": text, "token_ids": result.get("token_ids", []), "finish_reason": result.get("finish_reason"),
              "metrics": result.get("metrics", {})}
@@ -100,9 +116,48 @@ def judge(s: Scenario, result: dict[str, Any]) -> Outcome:
     return Outcome("pass", "generate", "", extra)
 
 
+def _cosine(a: list[float], b: list[float]) -> float | None:
+    """cosine(a, b) in float64; None when the lengths differ or a vector is zero."""
+    if len(a) != len(b):
+        return None
+    dot, na, nb = math.fsum(x * y for x, y in zip(a, b, strict=True)), math.fsum(x * x for x in a), \
+        math.fsum(y * y for y in b)
+    return dot / math.sqrt(na * nb) if na > 0 and nb > 0 else None
+
+
+def _judge_embedding(s: Scenario, result: dict[str, Any]) -> Outcome:
+    """An encoder's answer: finite values whose cosine with the reference embedding of the same text
+    (the source weights') reaches the level's limit, the same per-level table as the evaluation's
+    embedding gates (T5, I-1: encoder_eval.DEFAULT_MIN_COSINE). A finite vector alone says nothing
+    about whether it is the right one."""
+    from ..evaluation.encoder_eval import DEFAULT_MIN_COSINE
+
+    verdict = garbage.check_values(result["values"])
+    extra: dict[str, Any] = {"garbage": asdict(verdict), "values_checked": len(result["values"]),
+                             "level": s.level, "min_cosine": DEFAULT_MIN_COSINE.get(s.level)}
+    if verdict.garbage:
+        return Outcome("fail", "generate", "; ".join(verdict.reasons), extra)
+    if s.prompt.get("category") == "EDGE":
+        return Outcome("pass", "generate", "survived", extra)
+    reference = result.get("reference_values")
+    if reference is None:
+        why = result.get("reference_error") or "the certification was given no source weights to compare with"
+        return Outcome("fail", "generate", f"no reference embedding: {why}", extra)
+    cosine = _cosine([float(v) for v in result["values"]], [float(v) for v in reference])
+    extra["cosine"] = cosine
+    limit = extra["min_cosine"]
+    if limit is None:
+        return Outcome("fail", "generate", f"no embedding cosine limit for level {s.level!r}", extra)
+    if cosine is None or cosine < limit:
+        return Outcome("fail", "generate", f"embedding cosine with the reference {cosine} below the {s.level} "
+                                           f"limit {limit}", extra)
+    return Outcome("pass", "generate", "", extra)
+
+
 def record(s: Scenario, o: Outcome) -> Evidence:
-    wanted = "completes" if s.prompt.get("category") == "EDGE" else "output, not garbage" + (
-        f", matches /{s.prompt['expected_pattern']}/" if s.prompt.get("expected_pattern") else "")
+    wanted = ("completes, or the documented refusal (a one-line AprQaError)" if s.prompt.get("category") == "EDGE"
+              else "output, not garbage" + (f", matches /{s.prompt['expected_pattern']}/"
+                                            if s.prompt.get("expected_pattern") else ""))
     output = o.extra.get("output", "")
     details = {"scenario": {k: v for k, v in asdict(s).items() if k != "prompt"} | {"prompt_id": s.prompt.get("id")},
                "category": s.category, "outcome": o.outcome, "stage": o.stage, "reason": o.reason,
@@ -228,6 +283,20 @@ def _post(url: str, body: dict, timeout: float) -> dict:
         return json.loads(resp.read())
 
 
+def http_error_result(status: int, body: bytes) -> dict[str, Any]:
+    """A server's error answer as a scenario result. The server answers a runtime refusal (an
+    AprQaError) with 400 and the exception's type (certify.serve.ApiError); a 400 without one is the
+    request's validation, and 500 the runtime failing."""
+    text = body.decode(errors="replace")
+    try:
+        error = json.loads(text)["error"]
+        message, exception = str(error["message"]), error.get("exception")
+    except (ValueError, KeyError, TypeError):
+        message, exception = text, None
+    return {"event": "error", "error": f"HTTP {status}: {message[:300]}", "message": message,
+            "error_type": exception or f"HTTP {status}", "refusal": status == 400 and exception is not None}
+
+
 def run_serve_group(scenarios: list[Scenario], limits: Limits, on_record: Callable[[Evidence], bool],
                     server: list[str] | None = None) -> None:
     """serve scenarios of one (variant, backend): start `apr-qa serve` on a free loopback port, ask it."""
@@ -267,8 +336,7 @@ def run_serve_group(scenarios: list[Scenario], limits: Limits, on_record: Callab
                         return
                 except urllib.error.HTTPError as exc:
                     pending.pop(0)
-                    message = exc.read().decode(errors="replace")[:300]
-                    if not on_record(record(s, judge(s, {"event": "error", "error": f"HTTP {exc.code}: {message}"}))):
+                    if not on_record(record(s, judge(s, http_error_result(exc.code, exc.read())))):
                         return
                 except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
                     alive = proc.poll() is None
@@ -349,12 +417,31 @@ def _generate(model, s: dict, prompt: str) -> dict:
                         "total_time_s": g.total_time_s, "decode_tokens_per_s": g.decode_tokens_per_s}}
 
 
+_references: dict[str, Any] = {}  # the child's loaded reference models, by path
+
+
+def _reference_embedding(path: str, text: str) -> dict:
+    """The source weights' embedding of `text` (float32, on the CPU), or why there is none."""
+    try:
+        if path not in _references:
+            from ..runtime import load_model
+
+            _references[path] = load_model(path, device="cpu", weights="dequantized")
+        return {"reference_values": [float(v) for v in list(_references[path].embed([text])[0])]}
+    except Exception as exc:  # noqa: BLE001 - the scenario records why it could not be compared
+        return {"reference_error": f"{type(exc).__name__}: {exc}"}
+
+
 def run_one(model, s: dict) -> dict:
-    """One scenario in this process: run = one prompt, chat = the turns through the chat template."""
+    """One scenario in this process: run = one prompt, chat = the turns through the chat template;
+    an encoder embeds the prompt (and, given the source weights, the reference embeds it too)."""
     prompt = s["prompt"]
     if getattr(model, "kind", "decoder") != "decoder":
         vectors = model.embed([prompt["input"]])
-        return {"values": [float(v) for v in list(vectors[0])]}
+        out: dict[str, Any] = {"values": [float(v) for v in list(vectors[0])]}
+        if s.get("reference") and prompt.get("category") != "EDGE":
+            out.update(_reference_embedding(s["reference"], prompt["input"]))
+        return out
     if s["modality"] == "chat":
         messages: list[dict] = []
         replies, metrics = [], {}
@@ -385,7 +472,8 @@ def child_main() -> int:
         try:
             _emit({"event": "result", "id": s["id"], **run_one(model, s)})
         except Exception as exc:  # noqa: BLE001 - reported per scenario; the parent judges it
-            _emit({"event": "error", "id": s["id"], "error": f"{type(exc).__name__}: {exc}"})
+            _emit({"event": "error", "id": s["id"], "error": f"{type(exc).__name__}: {exc}", "message": str(exc),
+                   "error_type": type(exc).__name__, "refusal": isinstance(exc, AprQaError)})
     return 0
 
 

@@ -4,7 +4,9 @@ GET /health, GET /v1/models, POST /v1/completions, POST /v1/chat/completions, wi
 server-sent events in OpenAI's chunk format (`chat.completion.chunk` / `text_completion`), ending with
 `data: [DONE]`. One model, one generation at a time (a lock): the runtime is not re-entrant. Connections
 are served by threads, each socket with a timeout, so a slow or half-sent request only holds its own
-thread; bodies over a size limit get 413, `max_tokens` over a limit 400. On start it prints one JSON line
+thread; bodies over a size limit get 413, `max_tokens` over a limit 400, a refusal of the runtime (an
+AprQaError) 400 and any other runtime exception 500, both naming the exception type (`error.exception`).
+On start it prints one JSON line
 {"event": "listening", "url": ..., "model": ...} to stdout, so callers may ask for port 0.
 """
 
@@ -21,6 +23,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, cast
 
+from ..errors import AprQaError
+
 MAX_BODY_BYTES = 1 << 20     # a chat prompt far longer than any context we serve still fits
 MAX_TOKENS_LIMIT = 1024      # per request; the model's context length may refuse sooner
 SOCKET_TIMEOUT_S = 15.0      # per read/write on one connection: a stalled client loses its connection
@@ -28,12 +32,17 @@ FINISH = {"eos": "stop", "length": "length", "timeout": "length"}
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error"):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
+                 exception: str | None = None):
         super().__init__(message)
         self.status, self.kind = status, kind
+        self.exception = exception  # the runtime exception's type, when one caused this answer
 
     def body(self) -> dict:
-        return {"error": {"message": str(self), "type": self.kind, "param": None, "code": self.status}}
+        error = {"message": str(self), "type": self.kind, "param": None, "code": self.status}
+        if self.exception is not None:  # the certification judges refusals by it (certify.scenarios.judge)
+            error["exception"] = self.exception
+        return {"error": error}
 
 
 class ClientGone(Exception):
@@ -132,8 +141,11 @@ class Engine:
                                            **job.params)[0]
             except ClientGone:
                 raise
-            except Exception as exc:  # the runtime's refusal (too long, empty prompt...) is the client's answer
-                raise ApiError(400, f"{type(exc).__name__}: {exc}") from None
+            except AprQaError as exc:  # the runtime's refusal (too long, empty prompt...) is the client's answer
+                raise ApiError(400, f"{type(exc).__name__}: {exc}", exception=type(exc).__name__) from None
+            except Exception as exc:  # anything else is the server failing, not a refusal
+                raise ApiError(500, f"{type(exc).__name__}: {exc}", "server_error",
+                               exception=type(exc).__name__) from None
 
     def _usage(self, g) -> dict[str, int]:
         n_prompt, n_new = len(g.prompt_ids), len(g.token_ids)

@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--family", help="model family for the registry")
     p.add_argument("--evidence", type=Path, action="append", default=[],
                    help="evidence JSON of other stages (validate, eval, download) to include in the score")
+    p.add_argument("--reference", help="the source weights (SafeTensors folder or file): an encoder variant's "
+                   "embeddings must match theirs within the level's cosine limit (default: a SafeTensors --variant)")
     p.add_argument("--source-index", type=Path,
                    help="model.safetensors.index.json (Five Whys name the shard of a missing tensor)")
     p.add_argument("--failure-policy", choices=["stop-on-first", "stop-on-p0", "collect-all", "fail-fast"],
@@ -94,8 +96,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         for g in s.gateways:
             if not g.passed:
                 print(f"  {g.id}: {g.reason}")
-        print("categories: " + "  ".join(f"{k} {c.points}/{c.max} ({c.passed}/{c.total})"
-                                         for k, c in s.categories.items()))
+        print("categories: " + "  ".join(f"{k} {c.label()}" for k, c in s.categories.items()))
         if s.penalty:
             print(f"penalty: {s.penalty} ({s.crashes} crashes, {s.timeouts} timeouts)")
     return 0
@@ -118,7 +119,8 @@ def cmd_certify(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             raise AprQaError(f"cannot read source index: {exc}", args.source_index) from None
     records, score = certify(args.model_id, playbook, variants, args.output, family=args.family,
-                         extra_evidence=args.evidence, source_index=source_index, policy=args.failure_policy)
+                         extra_evidence=args.evidence, source_index=source_index, policy=args.failure_policy,
+                         reference=args.reference)
     threshold = playbook["thresholds"]["mqs_pass"]
     print(f"{args.model_id}: MQS {score.raw} ({score.normalized:.1f}, {score.grade}) {score.status}; tier "
           f"{playbook['tier']} {'passed' if score.tier_passed(threshold) else 'NOT passed'} (needs {threshold}) "
@@ -185,9 +187,9 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     if not points:
         raise AprQaError("no variant with accuracy and latency to compare", args.input)
     rows = analyze(points)
-    print(tabulate([[r["name"], r["accuracy"], r["latency_s"], r["size_bytes"], r["cost"], r["on_frontier"],
-                     r["value_score"]] for r in rows],
-                   headers=["variant", "accuracy", "latency s", "bytes", "cost", "frontier", "value"]))
+    print(tabulate([[r["model"] or "-", r["name"], r["accuracy"], r["latency_s"], r["size_bytes"], r["cost"],
+                     r["on_frontier"], r["value_score"]] for r in rows],
+                   headers=["model", "variant", "accuracy", "latency s", "bytes", "cost", "frontier", "value"]))
     if args.json:
         write_text_atomic(args.json, json.dumps(rows, indent=2) + "\n")
     if args.png or args.svg:

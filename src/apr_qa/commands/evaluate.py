@@ -42,7 +42,26 @@ def register(sub: argparse._SubParsersAction) -> None:
                                      "model's quantization level)")
     p.add_argument("--logits", type=Path,
                    help="also write the model's per-token logits on the prompts (.npz) for `apr-qa diff-stacks`")
+    p.add_argument("--corpus-reference", type=Path,
+                   help="decoders: also score the model on the corpus of this reference file (`apr-qa "
+                        "corpus-reference`): KLD, perplexity ratio, same top-1, gate Q1 (docs/corpus.md)")
+    p.add_argument("--quality-target", type=float,
+                   help="gate Q1's target as a share of the reference's accuracy, e.g. 0.999 (default: 0.999 for "
+                        "16-bit levels, 0.99 for quantized ones; a higher level's own target is never lowered)")
     p.set_defaults(func=cmd_eval)
+
+    r = sub.add_parser("corpus-reference",
+                       help="run a model's reference weights over a corpus once; every variant's evaluation reads it")
+    r.add_argument("source", type=Path, help="the original weights (folder or .gguf), run at float32")
+    r.add_argument("--corpus", type=Path, required=True, help="corpus definition (config/corpus/wiki-en-v1.yaml)")
+    r.add_argument("--out", type=Path, required=True, help="the reference file to write (.npz)")
+    r.add_argument("--tokens", type=int, default=16384, help="at least this many scored tokens (default 16384)")
+    r.add_argument("--n-ctx", type=int, default=512,
+                   help="window length in tokens, the second half of each scored (default 512, as llama.cpp's "
+                        "published KLD tables; capped at the model's context)")
+    r.add_argument("--top-k", type=int, default=64, help="reference log-probs kept per position (default 64)")
+    r.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    r.set_defaults(func=cmd_corpus_reference)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -63,7 +82,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     opts = EvalOptions(runs=args.runs, seed=args.seed, max_new_tokens=args.max_new_tokens,
                        greedy_tokens=args.greedy_tokens,
                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                       timeout_s=args.timeout, min_cosine=args.min_cosine)
+                       timeout_s=args.timeout, min_cosine=args.min_cosine,
+                       corpus_reference=str(args.corpus_reference) if args.corpus_reference else None,
+                       quality_target=args.quality_target)
     started, t0 = utc_now(), time.perf_counter()
     ev, opts, stack = evaluate_on_stack(spec, args.model, args.reference, golden, opts, device=args.device,
                                         dtype=args.dtype, weights=args.weights, threads=args.threads,
@@ -88,6 +109,38 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for line in summary_lines(report, ev.gates):
         print(line, file=sys.stderr)
     return exit_code(ev.gates)
+
+
+def cmd_corpus_reference(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..errors import AprQaError
+    from ..evaluation import corpus
+    from ..evaluation.corpus_text import load_corpus
+    from ..evaluation.runner import describe_weights
+    from ..runtime import load_model
+
+    if args.tokens < 1 or args.top_k < 1:
+        raise AprQaError("--tokens and --top-k must be at least 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    definition = load_corpus(args.corpus)
+    model = load_model(args.source, dtype=torch.float32, weights="dequantized")
+    about = {"model": str(args.source), "model_sha256": describe_weights(args.source)["sha256"]}
+    t0 = time.perf_counter()
+    if model.kind == "decoder":
+        ref = corpus.build_reference(model, definition, tokens=args.tokens, n_ctx=args.n_ctx, top_k=args.top_k,
+                                     about=about)
+        m = ref.meta
+        what = (f"{m['chunks']} windows of {m['n_ctx']} tokens, {m['chunks'] * m['scored_per_chunk']} scored, "
+                f"top-{m['top_k']} kept")
+    else:
+        ref = corpus.build_encoder_reference(model, definition, tokens=args.tokens, about=about)
+        what = f"{ref.meta['texts']} first sentences embedded"
+    corpus.write_reference(ref, args.out)
+    print(f"apr-qa corpus-reference: {args.source}: {definition.name}, {what}, {time.perf_counter() - t0:.1f} s "
+          f"-> {args.out}", file=sys.stderr)
+    return 0
 
 
 def _level(model: Path) -> str | None:

@@ -118,12 +118,19 @@ def _andon_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_download(args: argparse.Namespace) -> int:
     from ..fsutil import write_text_atomic
-    from ..workflow.download import ModelSpec, Options, download, parse_pins
+    from ..workflow.download import ModelSpec, Options, download, failure_record_path, parse_pins, raise_failure
 
     spec = ModelSpec(args.model_id or args.repo.split("/")[-1], args.repo, args.revision, args.files,
                      args.unsafe_allow_pickle, parse_pins(args.sha256))
     manifest = download(spec, Options(args.cache_dir, args.max_size_gb, args.retries, args.backoff,
                                         lease_holder=str(args.manifest.resolve()), slow_s=args.slow_s))
+    failed = failure_record_path(args.manifest)
+    if manifest["status"] == "failed":
+        # the failed D3/D4 records, as measured, beside the manifest (which a failed job must not leave)
+        args.manifest.unlink(missing_ok=True)
+        write_text_atomic(failed, json.dumps(manifest, indent=2) + "\n")
+        raise_failure(manifest)
+    failed.unlink(missing_ok=True)
     write_text_atomic(args.manifest, json.dumps(manifest, indent=2) + "\n")
     if manifest["status"] == "ok":
         print(f"{spec.repo}@{manifest['commit']}: {len(manifest['files'])} files, "

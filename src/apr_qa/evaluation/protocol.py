@@ -30,6 +30,8 @@ class EvalOptions:
     memory_limit_bytes: int = 8 * 1024**3  # gate T3: "< 8GB", read as GiB
     agreement: AgreementConfig = field(default_factory=AgreementConfig)
     min_cosine: float | None = None      # encoders; None = the variant's default
+    corpus_reference: str | None = None  # decoders: the model's corpus reference file (evaluation/corpus.py)
+    quality_target: float | None = None  # gate Q1's target set by the tier; None = the level's own
 
     def sampling_block(self) -> dict:
         return {

@@ -64,6 +64,7 @@ def build_report(ev: Evaluation, golden: GoldenSet, opts: EvalOptions, device: s
         "embedding_consistency": s.get("embedding_consistency"),
         "similarity": s.get("similarity"),
         "accuracy_andon": s.get("accuracy_andon"),
+        "corpus": s.get("corpus"),
         "cost": s.get("cost"),
         "invariants": s.get("invariants"),
         "gates": [g.to_dict() for g in ev.gates],
@@ -123,7 +124,7 @@ def summary_lines(report: dict[str, Any], gates: list[Evidence]) -> list[str]:
             lines.append(f"  KLD mean {kld['kld']['mean']:.6f} +- {kld['kld']['se']:.6f} "
                          f"(max {kld['kld']['max']:.6f}); same top-1 {100 * kld['same_top1']['rate']:.2f} %")
         if agreement:
-            lines.append(f"  top-k agreement rate {agreement['agreement_rate']:.3f}")
+            lines.append(f"  top-k agreement rate {agreement['agreement_rate']:.3f} (information, not a gate)")
     elif report["protocol"] == "embedding" and report.get("embedding_consistency"):
         ec, sim = report["embedding_consistency"], report["similarity"]
         lines.append(f"  cosine vs reference min {ec['cosine_min']:.6f} mean {ec['cosine_mean']:.6f}; "
@@ -131,8 +132,11 @@ def summary_lines(report: dict[str, Any], gates: list[Evidence]) -> list[str]:
         lines.append(f"  embed latency mean {lat['mean']:.4f} s (p99 {lat['p99']:.4f})")
     andon = report.get("accuracy_andon")
     if andon:
+        ci = andon.get("degradation_ci95")
         lines.append(f"  accuracy vs reference: {andon['model'].get('value')} vs {andon['reference'].get('value')}, "
-                     f"degradation {andon['degradation_points']} points ({andon['band']})")
+                     f"degradation {andon['degradation_points']} points, paired 95 % interval "
+                     + (f"[{ci[0]:.1f}, {ci[1]:.1f}] (resolution +-{andon['resolution_points']:.1f})" if ci else "n/a")
+                     + f" ({andon['band']})")
     lines.append(f"  peak memory {report['memory']['peak_bytes'] / 2**20:.0f} MiB")
     lines.append("  gates: " + ", ".join(f"{g.id} {'pass' if g.passed else g.level.upper()}" for g in gates))
     for g in gates:

@@ -114,17 +114,26 @@ def evaluate(model_path: str | Path, reference_path: str | Path, golden: GoldenS
     reference_info = describe_weights(reference_path)
     level = model_info["metadata"]["quantization"] or "source"
 
+    corpus_ref = None
+    if opts.corpus_reference:  # a wrong file is bad input, refused before anything runs
+        from . import corpus
+
+        corpus_ref = corpus.read_reference(opts.corpus_reference)
     memory = PeakMemory(dev)
     with memory:
         model = (load or load_model)(model_path, device=dev, dtype=dtype, weights=weights)
         weight_bytes = getattr(model, "resident_weight_bytes", None) or resident_bytes(model)
         kind = model.kind
         runtime_dtype = str(model.dtype).removeprefix("torch.")
+        if corpus_ref is not None and corpus_ref.kind != kind:
+            raise AprQaError(f"the corpus reference is {'an' if corpus_ref.kind == 'encoder' else 'a'} "
+                             f"{corpus_ref.kind}'s; the model is {'an' if kind == 'encoder' else 'a'} {kind}",
+                             opts.corpus_reference)
         try:
             if kind == "decoder":
-                measured = _measure_decoder(model, golden, opts)
+                measured = _measure_decoder(model, golden, opts, corpus_ref)
             else:
-                measured = _measure_encoder(model, golden, opts)
+                measured = _measure_encoder(model, golden, opts, corpus_ref)
             error = None
         except (RuntimeError, ValueError, AprQaError) as exc:  # inference broke: gate T1 records it
             measured, error = None, f"{type(exc).__name__}: {' '.join(str(exc).split())}"
@@ -184,15 +193,49 @@ def _cost(device: str, tokens: int, seconds: float) -> dict:
 
 # -- decoders --------------------------------------------------------------------------------------
 
-def _measure_decoder(model, golden: GoldenSet, opts: protocol.EvalOptions) -> dict:
+def _measure_decoder(model, golden: GoldenSet, opts: protocol.EvalOptions, corpus_ref=None) -> dict:
     runs = protocol.run_generation(model, golden, opts)
     token_ids = [model.tokenizer.encode(p.input) for p in golden.prompts]
-    return {"runs": runs,
-            "greedy": protocol.greedy_pass(model, golden, opts),
-            "token_ids": token_ids,
-            "logits": _model_logits(model, token_ids),
-            "logits_kind": _logits_kind(model),
-            "tokenizer": tokenizer_check.probe(model.tokenizer, _tokenizer_texts(golden))}
+    measured = {"runs": runs,
+                "greedy": protocol.greedy_pass(model, golden, opts),
+                "token_ids": token_ids,
+                "logits": _model_logits(model, token_ids),
+                "logits_kind": _logits_kind(model),
+                "tokenizer": tokenizer_check.probe(model.tokenizer, _tokenizer_texts(golden))}
+    if corpus_ref is not None:
+        measured["corpus"] = _score_corpus(model, corpus_ref, str(opts.corpus_reference))
+    return measured
+
+
+def _score_corpus(model, ref, reference_file: str) -> dict:
+    """The variant over the corpus reference's tokens (evaluation/corpus.py), or why it could not be."""
+    from . import corpus
+
+    if _logits_kind(model) != "full":
+        return {"reference": ref, "reference_file": reference_file,
+                "not_measured": f"the stack returns {_logits_kind(model)} logits, not full distributions"}
+    return {"reference": ref, "reference_file": reference_file, "scored": corpus.score(model, ref)}
+
+
+def _corpus_section(m: dict, reference, opts: protocol.EvalOptions, level: str) -> tuple[dict, Evidence | None]:
+    """The evaluation's `corpus` object and gate Q1 (None when the corpus could not be scored)."""
+    from . import corpus, corpus_gates
+
+    ref = m["reference"]
+    about = {"name": ref.meta["corpus"], "sha256": ref.meta["corpus_sha256"], "reference_file": m["reference_file"],
+             "n_ctx": ref.n_ctx, "chunks": ref.meta["chunks"], "top_k": ref.meta["top_k"],
+             "reference_model_sha256": ref.meta.get("model_sha256"),
+             "method": "teacher-forced windows of n_ctx tokens, the second half of each scored; standard errors "
+                       "from per-window means; KLD over the reference's top-k plus one merged tail bucket"}
+    if "not_measured" in m:
+        return {**about, "not_measured": m["not_measured"]}, None
+    scored = m["scored"]
+    summary = corpus.summarize(scored)
+    exact = corpus.log_probs(reference, ref.tokens[0].tolist())
+    target = corpus_gates.quality_target(level, opts.quality_target)
+    section = {**about, **summary, "top_k_approximation": corpus.approximation_error(ref, exact, scored.first_logq),
+               "quality_target": target}
+    return section, corpus_gates.gate_q1(section, target)
 
 
 def _logits_kind(model) -> str:
@@ -213,6 +256,11 @@ def _model_logits(model, token_ids: list[list[int]]) -> list[torch.Tensor] | Non
 
 def _tokenizer_texts(golden: GoldenSet) -> list[str]:
     return [p.input for p in golden.prompts] + list(tokenizer_check.EDGE_CASES)
+
+
+# Decoders' top-k agreement is information, not a gate (gates.py says why; T9 is the logit gate).
+TOP_K_ROLE = ("information, not a gate: a fixed 0.1-logit tolerance fails every quantized level; "
+              "T9 (mean KLD, same top-1 within the level's limits) gates the next-token distribution")
 
 
 def _compare_decoder(ev: Evaluation, m: dict, reference, golden: GoldenSet, opts: protocol.EvalOptions,
@@ -243,7 +291,8 @@ def _compare_decoder(ev: Evaluation, m: dict, reference, golden: GoldenSet, opts
     andon = accuracy_andon.accuracy_block(
         "decoder", runs["accuracy"]["overall"], ref_runs["accuracy"]["overall"],
         [{"id": p.id, "model": hits.get(p.id, 0), "reference": ref_hits.get(p.id, 0), "runs": opts.runs}
-         for p in golden.prompts])
+         for p in golden.prompts],
+        accuracy_andon.paired_run_outcomes(runs["records"], ref_runs["records"]))
 
     accuracy = runs["accuracy"]
     accuracy["greedy"] = protocol.greedy_accuracy(golden, m["greedy"], opts.confidence)
@@ -256,7 +305,8 @@ def _compare_decoder(ev: Evaluation, m: dict, reference, golden: GoldenSet, opts
         "ttft": runs["ttft"],
         "throughput": runs["throughput"],
         "logit_consistency": {"reference_dtype": "float32", "prompts": len(ids), "model_logits": logits_kind,
-                              "top_k_agreement": agreement, "kl_divergence": kld},
+                              "top_k_agreement": {**agreement, "role": TOP_K_ROLE} if agreement else None,
+                              "kl_divergence": kld},
         "accuracy_andon": andon,
         "cost": _cost(str(reference.device.type), runs["throughput"]["generated_tokens"],
                       (runs["latency"]["mean"] or 0.0) * runs["latency"]["n"]),
@@ -269,7 +319,6 @@ def _compare_decoder(ev: Evaluation, m: dict, reference, golden: GoldenSet, opts
         gates.gate_t1(produced, len(runs["records"])),
         gates.gate_t2(runs["latency"]["max"], runs["timeouts"], opts.timeout_s),
         gates.gate_t4_generation(accuracy["by_category"].get("sanity")),
-        gates.gate_t5_generation(agreement) if agreement else _not_measured("T5", logits_kind),
         gates.gate_t6_latency(runs["latency"]["p50"]),
         gates.gate_t7_accuracy(andon),
         gates.gate_t8_accuracy(andon),
@@ -277,19 +326,22 @@ def _compare_decoder(ev: Evaluation, m: dict, reference, golden: GoldenSet, opts
         gates.gate_i1_generation(i1, level),
         gates.gate_i5(i5, (i5["first_generated_token_identical"], len(i1)), level),
     ]
+    if "corpus" in m:
+        ev.sections["corpus"], q1 = _corpus_section(m["corpus"], reference, opts, level)
+        if q1 is not None:
+            ev.gates.append(q1)
 
 
 def _not_measured(gate_id: str, logits_kind: str) -> Evidence:
     """A logit gate the evaluated stack gives no data for: a warning that says so, never a pass."""
-    what = {"T5": "behavioural equivalence (top-k agreement of the next-token logits)",
-            "T9": "logit divergence (mean KLD, same top-1)"}[gate_id]
+    what = {"T9": "logit divergence (mean KLD, same top-1)"}[gate_id]
     return Evidence(gate_id, what, False, None, "the model's logits", "warn",
                     f"not measured: the stack returns {'top logits only' if logits_kind == 'top' else 'no logits'}")
 
 
 # -- encoders --------------------------------------------------------------------------------------
 
-def _measure_encoder(model, golden: GoldenSet, opts: protocol.EvalOptions) -> dict:
+def _measure_encoder(model, golden: GoldenSet, opts: protocol.EvalOptions, corpus_ref=None) -> dict:
     # Texts longer than the encoder's context cannot be embedded whole; they are listed, not truncated.
     limit = getattr(model, "max_positions", None)
     texts, skipped = [], []
@@ -301,10 +353,23 @@ def _measure_encoder(model, golden: GoldenSet, opts: protocol.EvalOptions) -> di
             texts.append(text)
     embeddings = model.embed(texts).float().cpu()
     _require_finite(embeddings, "embedding")
-    return {"texts": texts, "skipped": skipped, "tokens": sum(len(model.tokenizer.encode(t)) for t in texts),
-            "latency": protocol.time_embeddings(model, texts, opts),
-            "embeddings": embeddings,
-            "tokenizer": tokenizer_check.probe(model.tokenizer, _tokenizer_texts(golden))}
+    measured = {"texts": texts, "skipped": skipped, "tokens": sum(len(model.tokenizer.encode(t)) for t in texts),
+                "latency": protocol.time_embeddings(model, texts, opts),
+                "embeddings": embeddings,
+                "tokenizer": tokenizer_check.probe(model.tokenizer, _tokenizer_texts(golden))}
+    if corpus_ref is not None:
+        from . import corpus
+
+        ref = corpus_ref
+        sentences = list(ref.texts)
+        vectors = torch.cat([model.embed(sentences[i:i + 64]).float().cpu() for i in range(0, len(sentences), 64)])
+        _require_finite(vectors, "corpus embedding")
+        measured["corpus"] = {"name": ref.meta["corpus"], "sha256": ref.meta["corpus_sha256"],
+                              "reference_file": opts.corpus_reference,
+                              "reference_model_sha256": ref.meta.get("model_sha256"),
+                              "method": "cosine of each corpus sentence's embedding with the reference's",
+                              **corpus.embedding_agreement(ref, vectors)}
+    return measured
 
 
 def _similarity(golden: GoldenSet, texts: list[str], embeddings: torch.Tensor) -> dict:
@@ -338,6 +403,7 @@ def _compare_encoder(ev: Evaluation, m: dict, reference, golden: GoldenSet, opts
         "embedding_consistency": consistency,
         "similarity": sanity,
         "accuracy_andon": andon,
+        **({"corpus": m["corpus"]} if "corpus" in m else {}),
         "cost": _cost(str(reference.device.type), m["tokens"] * opts.runs, m["latency"]["mean"] * n_runs
                       if m["latency"]["mean"] else 0.0),
         "invariants": {"I-1": {"level": level, "identical": consistency["max_abs_diff"] == 0.0,
@@ -361,5 +427,6 @@ def _ordered_by_pair(sanity: dict) -> list[dict]:
     """Per paraphrase pair: how many unrelated pairs it outscores, in the model and in the reference."""
     unrelated, ref_unrelated = sanity["unrelated"].values(), sanity["reference"]["unrelated"].values()
     return [{"id": pid, "model": sum(score > u for u in unrelated),
-             "reference": sum(sanity["reference"]["paraphrase"][pid] > u for u in ref_unrelated)}
+             "reference": sum(sanity["reference"]["paraphrase"][pid] > u for u in ref_unrelated),
+             "comparisons": len(unrelated)}
             for pid, score in (sanity["paraphrase"] or {}).items()]

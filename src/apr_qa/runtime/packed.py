@@ -264,7 +264,9 @@ class FloatLinear:
     by matmul.c's row kernel: bfloat16 values widen exactly to float32, products and sums are float32,
     one thread for small matrices. MKL's matrix-vector product wakes every OpenMP thread for every
     projection (with OMP_WAIT_POLICY=PASSIVE each wake-up is a futex round trip) and its bfloat16 path
-    converts through a slow route on CPUs without native bfloat16; longer inputs go to F.linear."""
+    converts through a slow route on CPUs without native bfloat16; longer inputs go to F.linear (bfloat16
+    weights widened to float32 first: measured 0.10 s against 0.42 s for a 512 x 576 x 1536 product on
+    2 cores)."""
 
     CODES: ClassVar[dict[torch.dtype, int]] = {torch.float32: DType.F32.code, torch.bfloat16: DType.BF16.code}
 
@@ -284,6 +286,8 @@ class FloatLinear:
         a = x.reshape(-1, self.cols)
         m = a.shape[0]
         if m > NativeLinear.SMALL_BATCH:
+            if self.dtype == torch.bfloat16:  # widened exactly: CPU bfloat16 GEMM is ~4x slower than float32's
+                return F.linear(x.float(), self.weight.float()).to(x.dtype)
             return F.linear(x, self.weight)
         a = a.float().contiguous()
         y = torch.empty(m, self.out)

@@ -86,6 +86,10 @@ def load(spec, model_path: Path, golden, opts, work_dir: Path, threads: int | No
     gguf, export = export_for_stack(model_path, work_dir)
     longest = max(len(tokenizer.encode(p.input)) for p in golden.prompts)
     n_ctx = -(-(longest + max(opts.max_new_tokens, opts.greedy_tokens) + 8) // 64) * 64
+    if opts.corpus_reference:  # the corpus windows are scored in one batch each
+        from ..evaluation.corpus import read_reference
+
+        n_ctx = max(n_ctx, read_reference(opts.corpus_reference).n_ctx)
     return LlamaCppModel(spec.name, gguf, tokenizer, config, n_ctx, spec.threads or threads or 2, export)
 
 

@@ -55,6 +55,8 @@ def certify_blocked(results: Path, model: str, model_id: str, playbook: dict[str
         return None
     records: list[Evidence] = []
     manifest = path(results, "manifest", model=model)
+    if not manifest.exists():  # a failed download leaves its D3/D4 records here instead
+        manifest = path(results, "download_failure", model=model)
     if manifest.exists():
         ctx, recs = load_records(manifest)
         for r in recs:

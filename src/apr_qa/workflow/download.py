@@ -14,6 +14,10 @@ repo's own cache folder (a link pointing elsewhere is refused).
 Gates: D1 repo missing and D2 no supported weights skip the model (manifest status "skipped", a
 warning); G6 pickle weights are refused unless allowed (skip, like D2); D3 network errors are
 retried with backoff, then fail; D4 checksum mismatch halts; D5 warns over the size limit.
+D3 and D4 are recorded as measured: a download that failed either returns a manifest with status
+"failed" holding the failed records (every file's expected and actual digest), which `apr-qa
+download` writes beside the manifest (failure_record_path) before failing the job as that gate, so
+the certification and the registry's provenance read the failure from evidence, not from its absence.
 HF_TOKEN is read by huggingface_hub itself and never printed or written.
 """
 
@@ -104,6 +108,21 @@ def _is_transient(exc: BaseException) -> bool:
     return False
 
 
+class IncompleteDownload(GateFailure):
+    """D3: a transient network or server error outlasted the retries."""
+
+    def __init__(self, message: str):
+        super().__init__(message, "fail")
+
+
+def failure_record_path(manifest: str | Path) -> Path:
+    """Where `apr-qa download` writes the manifest of a failed download (status "failed", the D3/D4
+    records as measured): beside the manifest, which a failed job must not leave (the workflow
+    deletes a failed job's outputs), so the failure's evidence survives for the certification."""
+    manifest = Path(manifest)
+    return manifest.with_name(f"{manifest.stem}.failed.json")
+
+
 def with_retries(what: str, fn: Callable[[], T], opts: Options) -> T:
     """D3: retry transient network/server errors `opts.retries` times with exponential backoff."""
     for attempt in range(opts.retries + 1):
@@ -112,8 +131,8 @@ def with_retries(what: str, fn: Callable[[], T], opts: Options) -> T:
         except Exception as exc:  # noqa: BLE001 - classified just below
             if not _is_transient(exc) or attempt == opts.retries:
                 if _is_transient(exc):
-                    raise GateFailure(f"D3 download incomplete: {what} failed after {opts.retries} retries: "
-                                      f"{type(exc).__name__}", "fail") from None
+                    raise IncompleteDownload(f"D3 download incomplete: {what} failed after {opts.retries} retries: "
+                                             f"{type(exc).__name__}") from None
                 raise
             wait = opts.backoff_s * 2**attempt
             print(f"warning: {what}: {type(exc).__name__} (attempt {attempt + 1}/{opts.retries + 1}), "
@@ -234,14 +253,39 @@ def _skip(spec: ModelSpec, gate: Evidence, **extra: Any) -> dict[str, Any]:
             "skip_reason": f"{gate.id}: {gate.message}", "gates": [gate.to_dict()], **extra}
 
 
+D3_THRESHOLD = "every chosen file fetched"
+D4_THRESHOLD = "all files match the hub"  # and the pins, when the model has them
+
+
+def _failed(spec: ModelSpec, commit: str | None, gates: list[Evidence], files: list[dict[str, Any]],
+            **extra: Any) -> dict[str, Any]:
+    """The manifest of a download that failed a gate: status "failed", every record as measured, and
+    the gate the job fails as (a halt before a fail: the worst one)."""
+    tripped = [g for g in gates if not g.passed and g.level in ("fail", "halt")]
+    worst = min(tripped, key=lambda g: g.level != "halt")
+    return {"model": spec.id, "repo": spec.repo, "revision": spec.revision, "commit": commit, "status": "failed",
+            "failure": {"gate": worst.id, "level": worst.level, "message": worst.message},
+            "files": files, "gates": [g.to_dict() for g in gates], **extra}
+
+
+def raise_failure(manifest: dict[str, Any]) -> None:
+    """Fail as the gate a failed download's manifest names (D3: exit 1, D4: halt, exit 3)."""
+    failure = manifest["failure"]
+    raise GateFailure(failure["message"], failure["level"])
+
+
 def download(spec: ModelSpec, opts: Options) -> dict[str, Any]:
-    """Fetch and verify; return the manifest (status "ok" or "skipped"). Raises GateFailure D3/D4."""
+    """Fetch and verify; return the manifest: status "ok", "skipped" (D1/D2/G6) or "failed" (D3/D4
+    as measured; raise_failure fails the job as that gate)."""
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
     offline = constants.is_offline_mode()
     try:
         listing = _offline_listing(spec, opts) if offline else _online_listing(spec, opts)
+    except IncompleteDownload as exc:  # the listing itself did not arrive: nothing could be fetched
+        return _failed(spec, None, [Evidence("D3", "download complete", False, "no file listing", D3_THRESHOLD,
+                                             "fail", str(exc))], [])
     except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
         missing = "revision" if isinstance(exc, RevisionNotFoundError) else "repository"
         return _skip(spec, Evidence("D1", "repository exists", False, f"{missing} not found", "HTTP 200", "warn",
@@ -278,30 +322,43 @@ def download(spec: ModelSpec, opts: Options) -> dict[str, Any]:
     if spec.sha256:
         unpinned = [n for n in chosen if n not in spec.sha256]
         if unpinned:
-            raise GateFailure(f"D4 unpinned files in {spec.repo}: {', '.join(unpinned)} have no recorded sha256 "
-                              "(the model pins its files; add them to `sha256:` or remove the pins)", "halt")
+            message = (f"D4 unpinned files in {spec.repo}: {', '.join(unpinned)} have no recorded sha256 "
+                       "(the model pins its files; add them to `sha256:` or remove the pins)")
+            return _failed(spec, listing.commit, [Evidence("D4", "checksums valid", False,
+                                                           f"{len(unpinned)} unpinned files", D4_THRESHOLD, "halt",
+                                                           message, {"unpinned": unpinned})], [])
 
     if not offline:
         _make_room(spec, listing, chosen, opts)
         _remove_stale_partials(spec, opts)
-    records = []
+    records: list[dict[str, Any]] = []
+    mismatches: list[dict[str, Any]] = []
+    incomplete = ""
     started = time.perf_counter()  # D6 and the cost accounting: fetch + verify of every chosen file
     for name in chosen:
         def fetch(name: str = name) -> str:
             return hf_hub_download(spec.repo, name, revision=listing.commit,
                                    cache_dir=str(opts.cache_dir) if opts.cache_dir is not None else None)
 
-        path = with_retries(f"{spec.repo}/{name}", fetch, opts)
+        try:
+            path = with_retries(f"{spec.repo}/{name}", fetch, opts)
+        except IncompleteDownload as exc:
+            incomplete = str(exc)
+            break
         if not Path(path).resolve().is_relative_to(_cache_root(opts).resolve()):
             raise AprQaError(f"downloaded file of {spec.repo}/{name} resolves outside the HF cache; refused", path)
-        records.append(_verify(spec, listing, name, Path(path)))
+        record, mismatch = _verify(spec, listing, name, Path(path))
+        records.append(record)
+        if mismatch is not None:  # every file is still checked: the evidence names all that differ
+            mismatches.append(mismatch)
 
-    if not offline and not COMMIT.match(spec.revision):
-        _record_ref(spec, listing.commit, opts)
     total = sum(r["size"] for r in records)
     seconds = round(time.perf_counter() - started, 3)
-    gates = [Evidence("D3", "download complete", True, len(records), len(chosen), "fail"),
-             Evidence("D4", "checksums valid", True, len(records), "all files match the hub", "halt"),
+    # D4 is judged on the files fetched; with D3 failed the rest were never verified, which D3 records.
+    gates = [Evidence("D3", "download complete", not incomplete, len(records), len(chosen), "fail", incomplete),
+             Evidence("D4", "checksums valid", not mismatches, len(records) - len(mismatches),
+                      D4_THRESHOLD, "halt", "; ".join(m["message"] for m in mismatches),
+                      {"verified": len(records), "mismatches": mismatches}),
              Evidence("D5", "size reasonable", total <= opts.max_size_gb * 1e9, total,
                       int(opts.max_size_gb * 1e9), "warn",
                       "" if total <= opts.max_size_gb * 1e9 else f"{total / 1e9:.1f} GB over {opts.max_size_gb:g} GB"),
@@ -311,6 +368,11 @@ def download(spec: ModelSpec, opts: Options) -> dict[str, Any]:
     if refused:
         gates.append(Evidence("G6", "format safety", True, f"ignored pickle files: {', '.join(refused)}",
                               "no pickle loaded", "warn"))
+    if incomplete or mismatches:
+        return _failed(spec, listing.commit, gates, records, offline=offline, total_bytes=total,
+                       download_seconds=seconds)
+    if not offline and not COMMIT.match(spec.revision):
+        _record_ref(spec, listing.commit, opts)
     for g in gates:
         if not g.passed:
             print(f"warning: {spec.id}: {g.id} {g.message}", file=sys.stderr)
@@ -325,26 +387,31 @@ def download(spec: ModelSpec, opts: Options) -> dict[str, Any]:
             "files": records, "gates": [g.to_dict() for g in gates]}
 
 
-def _verify(spec: ModelSpec, listing: Listing, name: str, path: Path) -> dict[str, Any]:
-    """D4: the downloaded bytes must be the ones the hub lists (sha256 for LFS, git sha1 otherwise)."""
+def _verify(spec: ModelSpec, listing: Listing, name: str, path: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """D4: the downloaded bytes must be the ones the hub lists (sha256 for LFS, git sha1 otherwise)
+    and the pins. Returns the file's record and, when it differs, the mismatch as measured."""
     expected = listing.files[name]
     if "sha256" in expected:
         kind, want, got = "sha256", expected["sha256"], sha256(path.resolve())
     else:
         kind, want, got = "git-sha1", expected["git_sha1"], git_blob_sha1(path)
-    if want != got:
-        label = "pinned sha256" if spec.sha256.get(name) == want else kind
-        raise GateFailure(f"D4 checksum mismatch for {spec.repo}@{listing.commit[:12]}/{name}: expected {label} "
-                          f"{want}, got {got} (file {path.resolve()}; inspect it, delete it to re-download)",
-                          "halt", path)
     digest = got if kind == "sha256" else sha256(path.resolve())
     pinned = spec.sha256.get(name)
-    if pinned is not None and pinned.lower() != digest:
-        raise GateFailure(f"D4 checksum mismatch for {spec.repo}/{name}: pinned sha256 {pinned}, got {digest} "
-                          f"(file {path.resolve()}; inspect it, delete it to re-download)", "halt", path)
     size = path.stat().st_size
-    return {"name": name, "path": str(path), "size": size, "lfs": kind == "sha256", "sha256": digest,
-            kind.replace("-", "_"): got, **({"pinned": True} if pinned is not None else {})}
+    record = {"name": name, "path": str(path), "size": size, "lfs": kind == "sha256", "sha256": digest,
+              kind.replace("-", "_"): got, **({"pinned": True} if pinned is not None else {})}
+    where = f"(file {path.resolve()}; inspect it, delete it to re-download)"
+    if want != got:
+        label = "pinned sha256" if pinned == want else kind
+        return record, {"name": name, "kind": label, "expected": want, "actual": got, "path": str(path.resolve()),
+                        "message": f"D4 checksum mismatch for {spec.repo}@{listing.commit[:12]}/{name}: expected "
+                                   f"{label} {want}, got {got} {where}"}
+    if pinned is not None and pinned.lower() != digest:
+        return record, {"name": name, "kind": "pinned sha256", "expected": pinned, "actual": digest,
+                        "path": str(path.resolve()),
+                        "message": f"D4 checksum mismatch for {spec.repo}/{name}: pinned sha256 {pinned}, "
+                                   f"got {digest} {where}"}
+    return record, None
 
 
 def weights_key(manifest: dict[str, Any]) -> str:

@@ -42,6 +42,8 @@ STAGES: dict[str, tuple[list[str], list[str], bool]] = {
                  ["numpy", "gguf", "safetensors", "pyyaml"], True),
     "evaluate": (["runtime/", "evaluation/", "commands/evaluate.py", "evidence.py", *STACK_HARNESS, *READERS, *CORE],
                  ["torch", "numpy", "tokenizers", "gguf", "safetensors", "pyyaml", "scipy"], True),
+    "corpus": (["runtime/", "evaluation/", "commands/evaluate.py", "yamlsafe.py", *READERS, *CORE],
+               ["torch", "numpy", "tokenizers", "gguf", "safetensors", "pyyaml", "scipy"], False),
     "oracle": (["runtime/", "evaluation/oracle.py", "evaluation/prompts.py", "commands/oracle.py", *READERS, *CORE],
                ["torch", "transformers", "tokenizers", "gguf", "safetensors"], False),
     "diff": (["stacks/differential.py", "stacks/logits_file.py", "commands/stacks.py",
@@ -50,7 +52,8 @@ STAGES: dict[str, tuple[list[str], list[str], bool]] = {
     "summarize": (["workflow/summary.py", "workflow/andon.py", "workflow/integrity.py", "layout.py", "evidence.py"],
                   [], False),
     "report": (["workflow/report.py", "workflow/summary.py", "workflow/blocked.py", "certify/", "commands/certify.py",
-                "layout.py", "gate_catalogue.py", "stacks/report_section.py", "stacks/differential.py"],
+                "layout.py", "gate_catalogue.py", "stacks/report_section.py", "stacks/differential.py",
+                "workflow/corpus_section.py"],
                ["tabulate", "matplotlib"], False),
 }
 

@@ -3,9 +3,10 @@
 Built only from the files the stages left behind (manifests, conversion summaries, evidence,
 evaluations, andon events, certifications), so the same code writes the report after a green run
 (the report rule) and after a failed one (the Snakefile's onerror handler). When models have
-certifications (results/certify/<model>/evidence.json) the report adds the certification table,
-the Pareto frontier of every certified variant (pareto.png/.svg next to the report, linked from the
-Markdown, embedded in the HTML) and the Five Whys of every failure. The page is assembled once as
+certifications (results/certify/<model>/evidence.json) the report adds the certification table and
+the Five Whys of every failure, and the board shows each model's certification status on its variants.
+The Pareto frontiers (one per model, from the evaluations: pareto.png/.svg next to the report, linked
+from the Markdown, embedded in the HTML) appear with or without a tier. The page is assembled once as
 blocks and rendered to both Markdown and one self-contained HTML file (apr_qa.render).
 """
 
@@ -24,11 +25,13 @@ from ..layout import path
 from ..render import Block, Cell, inline, to_html, to_markdown
 from ..render import number as _num
 from ..stacks.report_section import differential_blocks, read_differentials
+from .corpus_section import corpus_blocks
 from .andon import stop_reason
 from .fingerprint import STAGES as FP_STAGES
 from .fingerprint import fingerprint
 from .model_cache import report_blocks as model_cache_blocks
-from .report_sections import board_blocks, detail_blocks, figure_blocks, headline, tone
+from .report_sections import (board_blocks, board_status, certification_view, detail_blocks, figure_blocks,
+                              headline, scenario_summary, tone)
 from .summary import read_json, stage_events, summarize_results
 
 COLOUR = {"green": "green", "yellow": "YELLOW", "red": "RED", None: "-"}
@@ -63,10 +66,13 @@ def _version(dist: str) -> str:
 
 def _variant_rows(results: Path, models: list[str], variants: list[str]) -> list[dict[str, Any]]:
     events = stage_events(path(results, "andon"))
+    certs = _certifications(results, models)
     rows = []
     for model in models:
         for variant in variants:
             s = summarize_results(results, model, variant, events)
+            if model in certs:  # the model's certification caps what the board says of its variants
+                s["_certification"] = certification_view(*certs[model], variant)
             wc = {"model": model, "variant": variant}
             s["_convert"] = read_json(path(results, "conversion", **wc)) or {}
             s["_eval"] = read_json(path(results, "evaluation", **wc)) or {}
@@ -79,15 +85,18 @@ def _variant_rows(results: Path, models: list[str], variants: list[str]) -> list
 
 def _board(results: Path, models: list[str], variants: list[str], prompts: Path | None) -> tuple[list[Block], str]:
     rows = _variant_rows(results, models, variants)
-    counts = {k: sum(r["status"] == k for r in rows) for k in ("CERTIFIED", "BLOCKED", "SKIPPED", "PENDING")}
-    overall = "RED" if counts["BLOCKED"] else "YELLOW" if counts["SKIPPED"] or counts["PENDING"] else "GREEN"
+    counts = {k: sum(board_status(r) == k for r in rows)
+              for k in ("CERTIFIED", "PROVISIONAL", "BLOCKED", "SKIPPED", "PENDING")}
+    overall = ("RED" if counts["BLOCKED"] else
+               "YELLOW" if counts["PROVISIONAL"] or counts["SKIPPED"] or counts["PENDING"] else "GREEN")
     out: list[Block] = [("h1", "apr-qa certification report")]
     stop = stop_reason(path(results, "andon"))
     if stop is not None:
         out += [("p", f"**LINE STOPPED** ({stop.get('policy')}): {stop.get('level')} in {stop.get('stage')} of "
                       f"{stop.get('subject')}: {stop.get('message')}"),
                 ("p", "Review the cause (Five Whys), then `apr-qa andon reset` to restart the line.")]
-    out += [("p", f"Overall: **{overall}** - " + ", ".join(f"{v} {k.lower()}" for k, v in counts.items()))]
+    out += [("p", f"Overall: **{overall}** - " + ", ".join(f"{v} {k.lower()}" for k, v in counts.items()
+                                                              if v or k != "PROVISIONAL"))]
 
     out += [("h2", "Status (Andon board)"), *board_blocks(rows, models, variants)]
     table = []
@@ -101,11 +110,11 @@ def _board(results: Path, models: list[str], variants: list[str], prompts: Path 
         elif r["status"] == "PENDING":
             why = r.get("reason") or f"{r['stage']} not run"
         stages = [Cell(COLOUR[st[s]["colour"]], st[s]["colour"] or "none") for s in st]
-        if tone(r) == "yellow":
-            why = headline(r)  # the warning gate with its expected vs actual value
-        table.append([r["model"], r["variant"], Cell(r["status"], tone(r)), *stages, why])
+        if tone(r) == "yellow" or board_status(r) != r["status"]:
+            why = headline(r)  # the warning gate (expected vs actual), or why the model is not CERTIFIED
+        table.append([r["model"], r["variant"], Cell(board_status(r), tone(r)), *stages, scenario_summary(r), why])
     out += [("table", ["model", "variant", "status", "download", "convert", "validate", "evaluate",
-                       "blocking gate / reason"], table)]
+                       "failed scenarios", "blocking gate / reason"], table)]
 
     out += [("h2", "Metrics"), ("p", "Intervals are 95 % (Wilson for proportions, Student t for means). "
              "Accuracy: seeded sampling runs (and the greedy pass); logit consistency against the source "
@@ -207,17 +216,19 @@ MAX_WHYS_PER_MODEL = 100  # the rest stay in the evidence file and junit.xml
 
 
 def _certification_blocks(results: Path, models: list[str], certs: dict, out_dir: Path) -> list[Block]:
-    from ..certify.mqs import GATEWAYS, category_of, outcome_of
+    from ..certify.mqs import GATEWAYS, category_label, category_of, outcome_of
 
     out: list[Block] = [("h2", "Certification"),
-                        ("p", "MQS raw 0-1000 over six categories; any failed gateway (G0-G4) zeroes it. "
-                              "Normalized = 100 log(1 + 9x) / log 10. Registry: `models.csv`; CI: `junit.xml`.")]
+                        ("p", "MQS raw 0-1000 over six categories; any failed gateway (G0-G4) zeroes it. A category "
+                              "the tier did not test is not measured: left out, with the measured categories' "
+                              "weights scaled to the 1000 points. Normalized = 100 log(1 + 9x) / log 10. "
+                              "Registry: `models.csv`; CI: `junit.xml`.")]
     table = []
     for model in models:
         if model not in certs:
             m = read_json(path(results, "manifest", model=model)) or {}
             status = "SKIPPED" if m.get("status") == "skipped" else "PENDING"
-            table.append([model, m.get("repo", "-"), "-", "-", "-", "-", status, *("-" for _ in GATEWAYS),
+            table.append([model, m.get("repo", "-"), "-", "-", "-", "-", status, *("-" for _ in GATEWAYS), "-",
                           m.get("skip_reason") or "not certified in this run"])
             continue
         ctx, _ = certs[model]
@@ -226,16 +237,17 @@ def _certification_blocks(results: Path, models: list[str], certs: dict, out_dir
         reason = "; ".join(f"{g['id']}: {g['reason']}" for g in mqs["gateways"] if not g["passed"])
         if not reason and not ctx.get("tier_passed"):
             reason = f"MQS {mqs['raw']} below the tier's {ctx.get('pass_threshold')}"
+        categories = ", ".join(f"{k} {category_label(c)}" for k, c in mqs["categories"].items())
         table.append([model, ctx["subject"], ctx.get("tier"), mqs["raw"], f"{mqs['normalized']:.1f}", mqs["grade"],
                       mqs["status"], *("pass" if gws.get(g, {}).get("passed") else "FAIL" for g in GATEWAYS),
-                      reason[:300].replace("|", "/") or "-"])
+                      categories, reason[:300].replace("|", "/") or "-"])
     statuses = [row[6] for row in table]
     verdict = "RED" if "BLOCKED" in statuses else "GREEN" if set(statuses) <= {"CERTIFIED"} else "YELLOW"
     out += [("p", f"Certification: **{verdict}** - " + ", ".join(
         f"{statuses.count(k)} {k.lower()}" for k in ("CERTIFIED", "PROVISIONAL", "BLOCKED", "PENDING", "SKIPPED")
         if statuses.count(k)) + " (the board above shows the stage gates per variant)")]
     out += [("table", ["model", "model id", "tier", "MQS raw", "MQS norm", "grade", "status", *GATEWAYS,
-                       "blocking reason"], table)]
+                       "MQS categories", "blocking reason"], table)]
 
     # the Pareto frontier comes from the evaluations, tier or not (certify.andon_blocks.pareto_blocks)
 
@@ -273,6 +285,7 @@ def render_blocks(results: Path, models: list[str], variants: list[str], prompts
     rows = _variant_rows(results, models, variants)
     blocks += andon_blocks.stage_five_whys(rows) + andon_blocks.pareto_blocks(rows, out_dir, usd_per_device_hour)
     blocks += figure_blocks(rows, out_dir)
+    blocks += corpus_blocks(results, models, variants, out_dir)
     certs = _certifications(results, models)
     if certs:
         blocks += _certification_blocks(results, models, certs, out_dir)

@@ -4,8 +4,13 @@ the report as PNG and SVG) and one detail section per variant with every gate an
 evidence and logs.
 
 Input rows are the report's variant rows (apr_qa.workflow.report._variant_rows: a summary per
-model/variant with "_eval", "_convert", "_validate" and "_size"). Links are relative to the folder
-the report is written to, so report.md and report.html work from a copy of the whole results folder.
+model/variant with "_eval", "_convert", "_validate", "_size" and, when the model has a
+certification, "_certification": certification_view). Links are relative to the folder the report
+is written to, so report.md and report.html work from a copy of the whole results folder.
+
+A variant's stage gates passing is not its model's certification: the board shows the model's
+certification status wherever the model has one (board_status), so a row never says CERTIFIED while
+the model is PROVISIONAL or BLOCKED, and each tile counts the variant's failed scenarios.
 """
 
 from __future__ import annotations
@@ -20,20 +25,65 @@ from ..render import Block, Cell, anchor
 
 # What each tone means on the board (the legend under it).
 TONE_MEANING = {
-    "green": "certified: every gate passed",
-    "yellow": "certified with warnings: a warn-level gate did not pass (or a slow conversion)",
-    "red": "blocked by a tripped gate (fail or halt level) or a failed stage command",
+    "green": "certified: every gate passed (and the model's certification, when it has one, is CERTIFIED)",
+    "yellow": "certified with warnings: a warn-level gate did not pass (or a slow conversion), some of its "
+              "certification scenarios failed, or the model's certification is PROVISIONAL",
+    "red": "blocked by a tripped gate (fail or halt level), a failed stage command, or the model's certification "
+           "(BLOCKED)",
     "blocked": "not run: the line stopped, an earlier stage is missing, or the model was skipped",
 }
+
+MAX_SCENARIO_IDS = 5  # ids named in a board cell; the variant's details list every one
+
+
+def certification_view(ctx: dict[str, Any], records: list[Any], variant: str) -> dict[str, Any]:
+    """What the board needs from a model's certification for one variant: the model's status, why it
+    is not CERTIFIED, and the variant's failed scenarios (failed, crashed or timed out)."""
+    from ..certify.mqs import BLOCKED_BELOW, CERTIFIED_FROM, outcome_of
+
+    mqs = ctx["mqs"]
+    reason = "; ".join(f"{g['id']}: {g['reason']}" for g in mqs["gateways"] if not g["passed"])
+    if not reason and mqs["status"] != "CERTIFIED":
+        reason = f"MQS {mqs['raw']} (certified from {CERTIFIED_FROM}, blocked below {BLOCKED_BELOW})"
+    failed = [{"id": r.id, "outcome": outcome_of(r), "reason": r.details.get("reason") or r.message}
+              for r in records if (r.details.get("scenario") or {}).get("variant") == variant
+              and outcome_of(r) in ("fail", "crash", "timeout")]
+    return {"status": mqs["status"], "tier": ctx.get("tier"), "raw": mqs["raw"], "reason": reason,
+            "failed_scenarios": failed}
+
+
+def board_status(row: dict[str, Any]) -> str:
+    """The status the board shows: the variant's own (its stage gates) unless it passed them and its
+    model's certification says PROVISIONAL or BLOCKED, which then stands for the row."""
+    cert = row.get("_certification")
+    if row["status"] == "CERTIFIED" and cert and cert["status"] != "CERTIFIED":
+        return str(cert["status"])
+    return str(row["status"])
+
+
+def failed_scenarios(row: dict[str, Any]) -> list[dict[str, Any]]:
+    return list((row.get("_certification") or {}).get("failed_scenarios", []))
+
+
+def scenario_summary(row: dict[str, Any]) -> str:
+    """"N: id, id, ..." of the variant's failed scenarios, or "-"."""
+    failed = failed_scenarios(row)
+    if not failed:
+        return "-"
+    ids = ", ".join(f["id"] for f in failed[:MAX_SCENARIO_IDS])
+    return f"{len(failed)}: {ids}" + (f" (+{len(failed) - MAX_SCENARIO_IDS} more)" if len(failed) > MAX_SCENARIO_IDS
+                                      else "")
 
 
 def tone(row: dict[str, Any]) -> str:
     """green / yellow / red / blocked for one variant row."""
-    status = row["status"]
+    status = board_status(row)
     if status == "BLOCKED":
         return "red"
     if status in ("SKIPPED", "PENDING"):
         return "blocked"
+    if status == "PROVISIONAL" or failed_scenarios(row):
+        return "yellow"
     return "yellow" if any(s["colour"] == "yellow" for s in row["stages"].values()) else "green"
 
 
@@ -52,7 +102,13 @@ def not_passed(row: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 
 def headline(row: dict[str, Any]) -> str:
-    """The failing gate with its expected vs actual value, or why the variant did not run."""
+    """The failing gate with its expected vs actual value, why the variant did not run, or why its
+    model's certification is not CERTIFIED (with the variant's failed scenarios)."""
+    if board_status(row) != row["status"]:
+        cert = row["_certification"]
+        failed = failed_scenarios(row)
+        return (f"model certification {cert['status']}: {cert['reason']}"
+                + (f"; {len(failed)} failed scenarios of this variant" if failed else ""))
     bad = not_passed(row)
     if row["status"] == "BLOCKED" and not bad:
         return f"{row.get('stage')}: {row.get('reason') or 'the stage command failed'}"
@@ -83,13 +139,22 @@ def board_blocks(rows: list[dict[str, Any]], models: list[str], variants: list[s
                 line.append(Cell("-", "none"))
                 continue
             t = tone(r)
-            label = {"green": "PASS", "yellow": "WARN", "red": "FAIL", "blocked": r["status"].lower()}[t]
-            line.append(Cell(label, t, href=f"#{detail_anchor(r)}", title=headline(r)))
+            if r.get("_certification") and r["status"] not in ("SKIPPED", "PENDING"):
+                label = board_status(r)  # the model's certification, never CERTIFIED above it
+            else:
+                label = {"green": "PASS", "yellow": "WARN", "red": "FAIL", "blocked": r["status"].lower()}[t]
+            failed = failed_scenarios(r)
+            title = headline(r)
+            if failed:
+                label += f" · {len(failed)} failed"
+                title += "; failed scenarios: " + scenario_summary(r)
+            line.append(Cell(label, t, href=f"#{detail_anchor(r)}", title=title))
         table.append(line)
     legend = "; ".join(f"**{t}**: {m}" for t, m in TONE_MEANING.items())
     # HTML only: report.md keeps its status table as the board (one row per variant)
     return [("html_only", ("table", ["model", *variants], table, {"class": "board", "sortable": False})),
-            ("html_only", ("p", f"Tiles link to each variant's details (hover for the failing gate). {legend}."))]
+            ("html_only", ("p", "Tiles link to each variant's details (hover for the failing gate and the failed "
+                                f"scenarios; a certified model's tiles show its certification status). {legend}."))]
 
 
 def _rel(file: Path, out_dir: Path) -> str:
@@ -158,6 +223,12 @@ def detail_blocks(results: Path, rows: list[dict[str, Any]], out_dir: Path) -> l
         metrics = _metrics(r)
         if metrics:
             inner.append(("html_only", ("table", ["measurement", "value"], metrics, {"sortable": False})))
+        failed = failed_scenarios(r)
+        if failed:
+            inner.append(("p", f"{len(failed)} failed certification scenarios of this variant (the model's "
+                               f"certification: {r['_certification']['status']}):"))
+            inner.append(("table", ["scenario", "outcome", "reason"],
+                          [[f["id"], f["outcome"], str(f["reason"])[:300]] for f in failed], {"sortable": False}))
         inner.append(("p", _links(results, r, out_dir)))
         inner.append(("html_only", _gate_table(r)))
         out.append(("details", f"{r['model']} / {r['variant']}: {t}", inner, detail_anchor(r)))

@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""The corpus table of the README: each variant of a model scored on the corpus (docs/corpus.md) in our
+runtime and in llama.cpp (the llamacpp stack, on the GGUF exported from the same .apr), side by side.
+
+    python scripts/corpus_table.py SOURCE --reference REF.npz --variants q8_0,q4_0 [--work DIR]
+
+REF.npz comes from `apr-qa corpus-reference SOURCE ...`. Prints one Markdown row per variant and stack:
+PPL, ln(PPL ratio) +- its 95 % half-width, mean KLD, KLD p99, same top-1, accuracy ratio and Q1's verdict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+import time
+from pathlib import Path
+
+from apr_qa.convert import convert
+from apr_qa.evaluation import corpus, corpus_gates
+
+
+def _row(variant: str, stack: str, ref: corpus.Reference, model, seconds: list[float]) -> str:
+    t0 = time.perf_counter()
+    summary = {"name": ref.meta["corpus"], **corpus.summarize(corpus.score(model, ref))}
+    seconds.append(time.perf_counter() - t0)
+    q1 = corpus_gates.gate_q1(summary, corpus_gates.quality_target(variant))
+    ln, kld, top1, acc = (summary[k] for k in ("ln_ppl_ratio", "kld", "same_top1", "next_token_accuracy"))
+    return (f"| {variant} | {stack} | {summary['ppl']:.3f} | {ln['value']:+.4f} ± {ln['resolution']:.4f} | "
+            f"{kld['mean']:.4g} ± {kld['resolution']:.2g} | {kld['p99']:.3g} | {100 * top1['rate']:.2f} % | "
+            f"{100 * acc['value']:.2f} % [{100 * acc['ci_low']:.2f}, {100 * acc['ci_high']:.2f}] | "
+            f"{q1.details['verdict']} |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("source", type=Path)
+    parser.add_argument("--reference", type=Path, required=True)
+    parser.add_argument("--variants", default="f16,q8_0,q4_k_m,q4_k,q4_0")
+    parser.add_argument("--work", type=Path, help="folder for the .apr files (default: a temporary one)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    import torch
+
+    from apr_qa.runtime import load_model
+    from apr_qa.stacks import llamacpp
+    from apr_qa.stacks.adapter import harness_tokenizer
+
+    torch.set_num_threads(args.threads)
+    ref = corpus.read_reference(args.reference)
+    work = args.work or Path(tempfile.mkdtemp(prefix="corpus-table-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"corpus {ref.meta['corpus']}: {ref.meta['chunks']} windows of {ref.n_ctx}, "
+          f"{ref.topk_ids.shape[0] * ref.topk_ids.shape[1]} scored tokens; reference PPL "
+          f"{math.exp(float(-ref.token_logp.mean())):.3f}; llama.cpp build: {llamacpp.build_features()}")
+    print("| variant | stack | PPL | ln(PPL ratio) | mean KLD | KLD p99 | same top-1 | accuracy vs reference | Q1 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for variant in args.variants.split(","):
+        apr = work / f"{args.source.name}.{variant}.apr"
+        if not apr.exists():
+            convert(args.source, apr, variant)
+        seconds: list[float] = []
+        print(_row(variant, "builtin", ref, load_model(apr), seconds), flush=True)
+        gguf, _ = llamacpp.export_for_stack(apr, work)
+        tokenizer, config = harness_tokenizer(apr)
+        model = llamacpp.LlamaCppModel("llamacpp", gguf, tokenizer, config, ref.n_ctx, args.threads, {})
+        print(_row(variant, "llama.cpp", ref, model, seconds), flush=True)
+        model.close()
+        print(f"<!-- {variant}: builtin {seconds[0]:.0f} s, llama.cpp {seconds[1]:.0f} s -->", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
