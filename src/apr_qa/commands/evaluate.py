@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--n-ctx", type=int, default=512,
                    help="window length in tokens, the second half of each scored (default 512, as llama.cpp's "
                         "published KLD tables; capped at the model's context)")
-    r.add_argument("--top-k", type=int, default=64, help="reference log-probs kept per position (default 64)")
+    r.add_argument("--top-k", type=int, default=256, help="reference log-probs kept per position (default 256)")
     r.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     r.set_defaults(func=cmd_corpus_reference)
 
