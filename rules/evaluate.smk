@@ -42,5 +42,5 @@ checkpoint evaluate:
         "({params.andon} sh -c 'apr-qa checksum {input.apr} --expect {input.sha} && "
         "apr-qa verify-checksums {input.manifest} && "
         "apr-qa eval {input.apr} --reference {params.source} --prompts {input.prompts} --runs {params.runs} "
-        "--device {params.device} --threads {threads} {params.timeout} {params.corpus_args} "
+        "--device {params.device} --threads {threads} {params.corpus_args} {params.timeout} "
         "{params.extra} {params.logits} --json {output.evaluation}') > {log} 2>&1"
