@@ -22,7 +22,8 @@
 # decides the variants built (its quantizations among the config's `variants`, up to max_variants),
 # `apr-qa eval --runs` (runs_per_prompt) and --timeout (timeouts.scenario_s), the certification's
 # scenarios and thresholds, and the failure policy. Precedence: a key set explicitly in the config
-# (failure_policy, evaluation.runs; evaluation.extra_args comes last on the eval command line) >
+# (failure_policy, evaluation.runs; evaluation.extra_args, run options, comes last on the golden
+# reference's and the evaluations' command lines, so that their runs pair) >
 # the tier playbook > built-in defaults (stop-on-p0, 5 runs). tier: null runs the gates only.
 import json
 import os
@@ -115,8 +116,18 @@ VALIDATED = MARKER.replace("{stage}", "validate")
 EVALUATED = MARKER.replace("{stage}", "evaluate")
 SUMMARY = layout.template(RESULTS, "summary")
 CERTIFICATION = layout.template(RESULTS, "certification")
+STACK_CERTIFICATION = layout.template(RESULTS, "stack_certification")  # another stack's (rule certify_stack)
 ORACLE = layout.template(RESULTS, "oracle")
 ORACLE_ON = bool(config.get("oracle", False))
+
+
+def oracle_input(wildcards):
+    """Input: the model's O1 record, when the oracle is on: the references wait for the runtime's check
+    (ancient: a rerun oracle that passes again does not by itself recompute them)."""
+    return ancient(ORACLE.format(model=wildcards.model)) if ORACLE_ON else []
+
+
+GOLDEN_REFERENCE = layout.template(RESULTS, "golden_reference")
 CORPUS = config["corpus"]  # defaults filled in by the schema (config/schema.yaml)
 CORPUS_REFERENCE = layout.template(RESULTS, "corpus_reference")
 CORPUS_ON = bool(CORPUS.get("enabled", True))
@@ -243,27 +254,47 @@ def stage_fingerprints(wildcards):
     return " ".join(f"--fingerprint {fingerprint(s, wildcards.variant)}" for s in ("convert", "validate", "evaluate"))
 
 
-def certification_inputs(template):
-    """Input of the certification: `template` for every tier variant of the model, ancient."""
+def certification_inputs(template, cutoff=True):
+    """Input of the certification: `template` for every tier variant of the model, ancient (a stack's
+    certification fills in its {stack} too). cutoff=False: a plain input, for the output of a rule that
+    is not a checkpoint (evaluate_stack): Snakemake re-plans nothing after such a job, so an ancient
+    input would leave the certification behind a rerun of it (and never look at its params)."""
 
     def files(wildcards):
-        return [ancient(template.format(model=wildcards.model, variant=v)) for v in VARIANTS[wildcards.model]]
+        paths = [template.format(**{**dict(wildcards.items()), "variant": v}) for v in VARIANTS[wildcards.model]]
+        return [ancient(p) for p in paths] if cutoff else paths
 
     return files
 
 
 def certify_variants(wildcards, input):
-    """Param of the certification: --variant NAME=PATH for every .apr (and the source, when the
-    playbook's formats include its format), the source as the reference an encoder's embeddings are
-    compared with, and the source's safetensors index when it has one."""
+    """Param of the certification: --variant NAME=PATH for every .apr (and, on builtin, the source, when
+    the playbook's formats include its format: another stack certifies the .apr variants it evaluated),
+    the source as the reference an encoder's embeddings are compared with, and the source's
+    safetensors index when it has one."""
     args = [f"--variant {v}={apr}" for v, apr in zip(VARIANTS[wildcards.model], input.apr)]
     source = read_json(input.manifest)["source"]
     fmt = "gguf" if source.endswith(".gguf") else "safetensors"
-    if fmt in PLAYBOOK["variants"]["formats"]:
+    if fmt in PLAYBOOK["variants"]["formats"] and "stack" not in wildcards.keys():
         args.append(f"--variant source={source}")
     args.append(f"--reference {source}")
     index = Path(source) / "model.safetensors.index.json"
     return " ".join(args) + (f" --source-index {index}" if index.exists() else "")
+
+
+def stack_certification_fingerprint(wildcards):
+    """Param of a stack's certification: the certification's code and, per tier variant, the stack's
+    fingerprint (upgrading llama-cpp-python reruns that stack's certifications, no other)."""
+    stack = OTHER_STACKS[wildcards.stack]
+    variants = VARIANTS[wildcards.model]
+    return " ".join([certification_fingerprint(variants), *sorted({stack_fingerprint(stack, v) for v in variants})])
+
+
+def all_certifications(models):
+    """Every certification file of these models: builtin's, then each other stack's."""
+    return [CERTIFICATION.format(model=m) for m in models] + [
+        STACK_CERTIFICATION.format(model=m, stack=s) for m in models for s in OTHER_STACKS
+    ]
 
 
 def certification_commands(certifications):
@@ -287,7 +318,7 @@ def report_commands():
         f"--prompts {config['evaluation']['prompts']} --out {REPORT}"
         + (f" --usd-per-device-hour {PRICE}" if PRICE is not None else "")
     )
-    return [*certification_commands([CERTIFICATION.format(model=m) for m in MODELS]), board]
+    return [*certification_commands(all_certifications(MODELS) if TIER else []), board]
 
 
 # After a crash. The board describes the results as they are when the last run ended. A run that
@@ -385,7 +416,21 @@ def write_report_after_failure():
                     shell(f"apr-qa cache release {MANIFEST.format(model=m)} --outcome blocked")
             except Exception as exc:  # best effort: the board must still be written
                 print(f"ERROR: certification of {m} after failure: {exc}", file=sys.stderr)
-    existing = [CERTIFICATION.format(model=m) for m in MODELS if os.path.exists(CERTIFICATION.format(model=m))]
+            for name, stack in OTHER_STACKS.items():  # blocked for every stack: the artifact's own gates
+                try:
+                    certify_blocked(
+                        Path(RESULTS),
+                        m,
+                        MODELS[m]["repo"],
+                        PLAYBOOK,
+                        VARIANTS[m],
+                        Path(STACK_CERTIFICATION.format(model=m, stack=name)),
+                        family=MODELS[m].get("family"),
+                        stack=stack,
+                    )
+                except Exception as exc:
+                    print(f"ERROR: certification of {m} on stack {name} after failure: {exc}", file=sys.stderr)
+    existing = [c for c in all_certifications(MODELS) if os.path.exists(c)]
     for cmd in certification_commands(existing):
         try:
             shell(cmd)
@@ -423,23 +468,33 @@ def differentials(wildcards):
 
 
 def certifications(wildcards):
-    """Every certification of a model its download did not skip (none without a tier)."""
-    return [CERTIFICATION.format(model=m) for m in MODELS if TIER and downloaded(m)]
+    """Every certification (builtin's and each other stack's) of a model its download did not skip
+    (none without a tier)."""
+    return all_certifications([m for m in MODELS if downloaded(m)]) if TIER else []
 
 
-def model_digest(wildcards):
-    """Param: digests of everything a model's certification reads, per variant."""
-    parts = []
-    for v in VARIANTS[wildcards.model]:
-        wc = {"model": wildcards.model, "variant": v}
-        sha = APR_SHA.format(**wc)
-        parts.append(recorded_sha256(sha) if os.path.exists(sha) else "pending")
-        parts += [
-            file_sha256(p) if os.path.exists(p) else "pending" for p in (EVIDENCE.format(**wc), EVALUATION.format(**wc))
-        ]
-    manifest = MANIFEST.format(model=wildcards.model)
-    parts.append(weights_digest(manifest) if os.path.exists(manifest) else "pending")
-    return ",".join(parts)
+def certification_digest(evaluation):
+    """Param: digests of everything a model's certification reads, per variant: the artifact's files
+    and the certified stack's evaluations (`evaluation`: builtin's, or another stack's template)."""
+
+    def par(wildcards):
+        parts = []
+        for v in VARIANTS[wildcards.model]:
+            wc = {**dict(wildcards.items()), "variant": v}
+            sha = APR_SHA.format(**wc)
+            parts.append(recorded_sha256(sha) if os.path.exists(sha) else "pending")
+            parts += [
+                file_sha256(p) if os.path.exists(p) else "pending"
+                for p in (EVIDENCE.format(**wc), evaluation.format(**wc))
+            ]
+        manifest = MANIFEST.format(model=wildcards.model)
+        parts.append(weights_digest(manifest) if os.path.exists(manifest) else "pending")
+        return ",".join(parts)
+
+    return par
+
+
+model_digest = certification_digest(EVALUATION)
 
 
 # Integrity. Snakemake rebuilds a missing file only when a job that needs it has to run; here

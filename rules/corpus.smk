@@ -7,6 +7,7 @@
 checkpoint corpus_reference:
     input:
         manifest=cutoff(MANIFEST),
+        oracle=oracle_input,
         definition=CORPUS["definition"],
     output:
         reference=CORPUS_REFERENCE,

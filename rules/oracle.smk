@@ -1,6 +1,7 @@
-# The independent oracle: our runtime against HuggingFace transformers on each source's weights at
-# fp32 (`oracle: true`; transformers is a test/benchmark dependency, never the runtime's). A
-# disagreement means our runtime is wrong: the record says so and the report shows it in red.
+# Gate O1, the independent oracle: our runtime against HuggingFace transformers on each source's
+# weights at fp32 (`oracle: true`). Our runtime computes the model's golden and corpus references, so
+# they wait for it: a disagreement fails this job (its log says by how much), and nothing is
+# evaluated against a wrong reference. A model transformers cannot load is recorded as not verified.
 
 
 rule oracle:
@@ -22,4 +23,4 @@ rule oracle:
         source=source_of,
     shell:
         "(apr-qa cache restore {input.manifest} && apr-qa oracle {params.source} --prompts {input.prompts} "
-        "--record-only --json {output.record}) > {log} 2>&1"
+        "--json {output.record}) > {log} 2>&1"

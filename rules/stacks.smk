@@ -12,6 +12,7 @@ rule evaluate_stack:
         manifest=cutoff(MANIFEST),
         validated=ancient(VALIDATED),
         prompts=config["evaluation"]["prompts"],
+        golden=GOLDEN_REFERENCE,
         corpus=corpus_input,
     output:
         evaluation=STACK_EVALUATION,
@@ -33,17 +34,16 @@ rule evaluate_stack:
         stack=lambda wc: stack_fingerprint(OTHER_STACKS[wc.stack], wc.variant),
         spec=lambda wc: shlex.quote(OTHER_STACKS[wc.stack].to_json()),
         apr=digest(APR_SHA, recorded_sha256),
-        weights=digest(MANIFEST, weights_digest),
-        source=source_of,
         corpus=digest(CORPUS_REFERENCE) if CORPUS_ON else "off",
         corpus_args=corpus_args,
         runs=RUNS,
         timeout=EVAL_TIMEOUT,
+        extra=config["evaluation"].get("extra_args", ""),
     shell:
         # exit 1 (a gate of the stack's own evaluation failed) is evidence for the report, not a failed job
         "(apr-qa checksum {input.apr} --expect {input.sha} && apr-qa verify-checksums {input.manifest} && "
-        "{{ apr-qa eval {input.apr} --reference {params.source} --prompts {input.prompts} --runs {params.runs} "
-        "--threads {threads} {params.timeout} {params.corpus_args} --stack {params.spec} "
+        "{{ apr-qa eval {input.apr} --reference {input.golden} --prompts {input.prompts} --runs {params.runs} "
+        "--threads {threads} {params.timeout} {params.corpus_args} {params.extra} --stack {params.spec} "
         "--variant {wildcards.variant} "
         "--json {output.evaluation} --logits {output.logits} || test $? -eq 1; }}) > {log} 2>&1"
 

@@ -91,7 +91,7 @@ def test_export_csv_and_sync_readme(certified, tmp_path):
     assert main(["export-csv", "--evidence-dir", str(d), "--output", str(registry)]) == 0
     with open(registry, newline="") as f:
         reader = csv.DictReader(f)
-        assert tuple(reader.fieldnames) == COLUMNS and len(COLUMNS) == 20
+        assert tuple(reader.fieldnames) == COLUMNS and len(COLUMNS) == 21
         rows = {r["model_id"]: r for r in reader}
     assert rows["aaa/other"]["status"] == "PENDING"  # other models are kept
     row = rows["test/tiny-llama"]

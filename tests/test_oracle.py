@@ -51,10 +51,28 @@ def skew_rms_norm(monkeypatch) -> None:
     monkeypatch.setattr(norms, "rms_norm", lambda *args: None if (y := fast(*args)) is None else y * 1.01)
 
 
-def test_a_wrong_runtime_is_reported(tiny_llama, tmp_path, monkeypatch):
+def test_a_wrong_runtime_fails_gate_o1(tiny_llama, tmp_path, monkeypatch, capsys):
     skew_rms_norm(monkeypatch)
     code, record = oracle(tiny_llama, tmp_path)
     assert code == 1 and record["passed"] is False and "DISAGREES" in record["verdict"]
+    err = capsys.readouterr().err
+    assert "gate O1 failed" in err and "expected <= 0.0001" in err  # which gate, on what, expected vs actual
+    # the record survives the failed job's removed output, for the report
+    assert json.loads((tmp_path / "oracle.failed.json").read_text())["passed"] is False
+
+
+def test_a_model_transformers_cannot_load_is_not_verified(tiny_llama, tmp_path):
+    """Our runtime reads the architecture; transformers needs a model_type it knows: not a failure of our
+    runtime, but no verification either, and the record says why."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_llama, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "model_type": "apr_qa_unknown_type"}))
+    code, record = oracle(model, tmp_path)
+    assert code == 0 and record["status"] == "unsupported" and record["passed"] is None
+    assert "cannot load" in record["reason"] and "not verified" in record["verdict"]
 
 
 @pytest.mark.real_model
@@ -69,8 +87,9 @@ def test_report_shows_a_disagreeing_runtime(tiny_llama, tmp_path, monkeypatch):
     good_json = results / "oracle/good.json"
     assert main(["oracle", str(tiny_llama), "--prompts", ROOT_PROMPTS, "--json", str(good_json)]) == 0
     skew_rms_norm(monkeypatch)
-    assert main(["oracle", str(tiny_llama), "--prompts", ROOT_PROMPTS, "--record-only",
-                 "--json", str(results / "oracle/bad.json")]) == 0  # recorded, the report carries it
+    assert main(["oracle", str(tiny_llama), "--prompts", ROOT_PROMPTS,
+                 "--json", str(results / "oracle/bad.json")]) == 1  # gate O1 fails the job
+    (results / "oracle/bad.json").unlink()  # as Snakemake removes a failed job's output
     out = tmp_path / "report.md"
     main(["report", "--results", str(results), "--models", "good,bad", "--variants", "f16", "--out", str(out)])
     text = out.read_text()

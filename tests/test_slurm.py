@@ -154,7 +154,8 @@ def test_failing_gate_is_a_failed_slurm_job_with_its_log_kept(slurm, toy):
 
 WORKFLOW_MODEL, WORKFLOW_REPO = "tiny-llama", "test/tiny-llama"
 WORKFLOW_VARIANTS = ["f16", "q4_0"]
-REMOTE_RULES = {"download": 1, "convert": 2, "validate": 2, "evaluate": 2}  # the rest are localrules
+# the rest are localrules
+REMOTE_RULES = {"download": 1, "golden_reference": 1, "convert": 2, "validate": 2, "evaluate": 2}
 PROMPTS = """\
 metadata: {version: "test-1"}
 prompts:

@@ -108,7 +108,8 @@ def _evidence(ws: Path) -> dict:
 @pytest.mark.slow
 def test_smoke_dag_has_one_variant_and_one_certification(workspace, built):
     mv = f"{MODEL}/q8_0"
-    assert executed(built) == {("download", MODEL), ("convert", mv), ("validate", mv), ("gate-validate", mv),
+    assert executed(built) == {("download", MODEL), ("golden_reference", MODEL),
+                               ("convert", mv), ("validate", mv), ("gate-validate", mv),
                                ("evaluate", mv), ("gate-evaluate", mv), ("summarize", mv),
                                ("certify", MODEL), ("report", "")}
     # the tier's runs per prompt and timeout reach `apr-qa eval` (extra_args come last and win)
@@ -150,7 +151,7 @@ def test_registry_junit_and_reports(workspace, built):
     with open(workspace / "results/models.csv", newline="") as f:
         reader = csv.DictReader(f)
         rows = list(reader)
-    assert tuple(reader.fieldnames) == COLUMNS and len(COLUMNS) == 20
+    assert tuple(reader.fieldnames) == COLUMNS and len(COLUMNS) == 21
     assert len(rows) == 1 and rows[0]["model_id"] == REPO and rows[0]["status"] == "BLOCKED"
     assert rows[0]["certified_tier"] == "none" and rows[0]["g4"] == "false" and rows[0]["provenance_verified"] == "true"
 

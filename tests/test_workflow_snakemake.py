@@ -127,7 +127,7 @@ def built(workspace) -> subprocess.CompletedProcess:
 
 
 def test_full_build(workspace, built, hub_cache):
-    want = {("download", m) for m in MODELS} | {("corpus_reference", m) for m in MODELS} | {("report", "")}
+    want = {(job, m) for m in MODELS for job in ("download", "golden_reference", "corpus_reference")} | {("report", "")}
     for m in MODELS:
         for v in VARIANTS:
             want |= chain(m, v)

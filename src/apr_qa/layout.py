@@ -22,7 +22,7 @@ GATED_STAGES = ("validate", "evaluate")
 # The evidence a gated stage writes, which its gate job reads: validate/... or evaluate/...
 GATED_EVIDENCE = "{stage}/{model}/{variant}.json"
 
-# Artifact templates relative to the results folder. Wildcards: {model}, {variant}, {stage}.
+# Artifact templates relative to the results folder. Wildcards: {model}, {variant}, {stage}, {stack}.
 ARTIFACTS: dict[str, str] = {
     "manifest": "download/{model}/manifest.json",  # download: files, sha256s, commit, status
     "download_failure": "download/{model}/manifest.failed.json",  # a failed download's D3/D4 records, as measured
@@ -34,7 +34,10 @@ ARTIFACTS: dict[str, str] = {
     "marker": "gates/{stage}/{model}/{variant}.ok",  # the stage's gates passed
     "summary": "summary/{model}/{variant}.json",  # the variant's status across the stages
     "certification": "certify/{model}/evidence.json",  # the model's certification (tier playbook)
-    "oracle": "oracle/{model}.json",  # our runtime vs transformers on the source
+    "stack_certification": "certify/{model}/stacks/{stack}.json",  # the same, on another stack (docs/stacks.md)
+    "oracle": "oracle/{model}.json",  # gate O1: our runtime vs transformers on the source
+    "oracle_failure": "oracle/{model}.failed.json",  # a failed O1's record (the job's own output is removed)
+    "golden_reference": "reference/{model}/golden.npz",  # the reference on the golden prompts, once per model
     "corpus_reference": "corpus/{model}/reference.npz",  # the reference's log-probs on the corpus, once per model
     "stack_evaluation": "stacks/{model}/{variant}/{stack}.json",  # evaluate on another stack (docs/stacks.md)
     "stack_logits": "stacks/{model}/{variant}/{stack}.logits.npz",  # per-token logits (builtin's too): diff input

@@ -230,12 +230,12 @@ def _accuracy(r: Evidence, ctx: Context) -> FiveWhys:
                     + (f" and {len(lost) - 4} more" if len(lost) > 4 else ""))
     t9 = ctx.sibling("T9")
     if t9 is not None and not t9.passed:
-        whys.append(f"the logits diverge beyond the level's limits as well (T9: {t9.message})")
+        whys.append(f"the logits diverge beyond the level's conversion limit as well (T9: {t9.message})")
         root = "the quantization error of this level changes the model's answers"
         fix = ("use a higher-precision level, or keep the most sensitive tensors (embeddings, output) at "
                "higher precision")
     else:
-        whys.append("the logits stay within the level's calibrated limits (T9), so few positions changed: "
+        whys.append("the logits stay within the level's conversion limit (T9), so few positions changed: "
                     "the lost prompts have a small margin between their right and wrong continuations")
         root = "prompts with a small margin flip under this level's rounding"
         fix = "rerun with more runs per prompt to confirm; if it holds, prefer the next higher-precision level"
@@ -252,7 +252,9 @@ def _logit_limits(r: Evidence, ctx: Context) -> FiveWhys:
         whys.append(f"tensor values drift beyond their tolerance too ({c8.id}: {c8.message})")
         root = "the quantized tensors lose more precision than this level normally does"
     else:
-        root = f"the model is more sensitive to {d.get('level')} rounding than the calibration model"
+        root = (f"the values are within their tolerance, yet the logits diverge beyond an order of magnitude over "
+                f"llama.cpp's published figure for {d.get('level')}: a conversion defect, or a model far more "
+                "sensitive to this rounding than an 8B one")
     return FiveWhys(r.id, whys, root, "check the quantizer on this model (validate's per-tensor errors); "
                     "if the values are right, use a higher-precision level")
 

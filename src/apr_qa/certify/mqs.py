@@ -41,6 +41,9 @@ GRADE_EDGES: tuple[tuple[float, str], ...] = (
 
 # Raw-MQS edges of the status state machine: below 700 BLOCKED, from 850 CERTIFIED.
 BLOCKED_BELOW, CERTIFIED_FROM = 700, 850
+# The status of a stack's certification when the stack does not run the model at all (an encoder on a
+# decoder-only stack, docs/stacks.md): no score, not a failure.
+NOT_APPLICABLE = "NOT_APPLICABLE"
 QUALIFY_NORMALIZED, PRODUCTION_NORMALIZED = 70.0, 90.0
 
 # Which category a gate of the other stages counts towards, by id (longest prefix wins). Records
@@ -50,7 +53,7 @@ GATE_CATEGORIES: dict[str, str] = {
     "I-1": "REGR", "I-5": "REGR", "T5": "REGR",                             # agreement with the source
     "T1": "QUAL", "T4": "QUAL",                                             # inference runs, answers right
     "T2": "PERF", "T3": "PERF", "T6": "PERF",                               # latency, memory bounds
-    "T7": "REGR", "T8": "REGR", "T9": "REGR",                               # accuracy/logits vs the source
+    "T7": "REGR", "T8": "REGR", "T9": "REGR", "O1": "REGR",                 # accuracy/logits vs the source
     "D": "STAB",                                                            # download integrity
 }
 

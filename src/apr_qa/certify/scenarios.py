@@ -1,11 +1,13 @@
 """Run the certification scenarios, each model load in a child process, so that a segfault or an
 OOM kill of the runtime becomes a recorded crash (G3) instead of taking the certifier down.
 
-Protocol: the parent writes {"model", "backend", "scenarios": [...]} to the child's stdin; the
-child (`python -m apr_qa.certify.scenarios`) prints one JSON line when the model has loaded and
+Protocol: the parent writes {"model", "backend", "scenarios": [...], "stack"?} to the child's stdin;
+the child (`python -m apr_qa.certify.scenarios`) prints one JSON line when the model has loaded and
 one per scenario, in order, so the parent always knows which scenario was in flight when the
 child died. After a crash or a hard timeout the remaining scenarios go to a fresh child.
-serve scenarios start `apr-qa serve` and ask it over HTTP on loopback.
+serve scenarios start `apr-qa serve` and ask it over HTTP on loopback. With a stack other than
+builtin (the job's "stack", a stack specification) the child runs the scenarios on that stack's
+adapter (certify/stack_model.py), and what the stack cannot run is recorded as skipped.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from collections.abc import Callable
 from ..errors import AprQaError
 from ..evaluation.prompts import matches
 from ..evidence import Evidence
-from . import garbage
+from ..stacks.registry import StackSpec
+from . import garbage, stack_model
 
 CHILD = [sys.executable, "-X", "faulthandler", "-m", "apr_qa.certify.scenarios"]
 SERVER = [sys.executable, "-X", "faulthandler", "-m", "apr_qa.cli", "serve"]
@@ -225,8 +228,9 @@ def _death(proc: subprocess.Popen, err_path: Path, killed: bool, what: str) -> t
 
 
 def run_group(scenarios: list[Scenario], limits: Limits, on_record: Callable[[Evidence], bool],
-              child: list[str] | None = None) -> None:
-    """run/chat scenarios of one (variant, backend) in child processes. on_record returns False to stop."""
+              child: list[str] | None = None, stack: StackSpec | None = None) -> None:
+    """run/chat scenarios of one (variant, backend) in child processes, on `stack` (None: builtin).
+    on_record returns False to stop."""
     pending = list(scenarios)
     while pending:
         with tempfile.NamedTemporaryFile(prefix="apr-qa-child-", suffix=".err", delete=False) as err:
@@ -234,7 +238,10 @@ def run_group(scenarios: list[Scenario], limits: Limits, on_record: Callable[[Ev
         try:
             with open(err_path, "wb") as err:
                 proc = subprocess.Popen(child or CHILD, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
-            job = {"model": pending[0].path, "backend": pending[0].backend, "scenarios": [asdict(s) for s in pending]}
+            job: dict[str, Any] = {"model": pending[0].path, "backend": pending[0].backend,
+                                   "scenarios": [asdict(s) for s in pending]}
+            if (other := stack_model.other_stack(stack)) is not None:
+                job["stack"] = other.to_json()
             assert proc.stdin is not None  # stdin=PIPE
             try:
                 proc.stdin.write(json.dumps(job).encode())
@@ -357,9 +364,11 @@ def run_serve_group(scenarios: list[Scenario], limits: Limits, on_record: Callab
 
 
 def run_matrix(scenarios: list[Scenario], policy: str = "collect-all", limits: Limits | None = None,
-               child: list[str] | None = None, server: list[str] | None = None) -> list[Evidence]:
+               child: list[str] | None = None, server: list[str] | None = None,
+               stack: StackSpec | None = None) -> list[Evidence]:
     """Every scenario once, grouped by (variant, backend, run|serve); stops per the failure policy.
-    cuda scenarios on a host without CUDA are recorded as skipped, not run."""
+    cuda scenarios on a host without CUDA are recorded as skipped, not run; so are the scenarios
+    `stack` (None: builtin) does not run (stack_model.skip_reason)."""
     if policy not in POLICIES:
         raise ValueError(f"unknown failure policy {policy!r} (one of {', '.join(POLICIES)})")
     limits = limits or Limits()
@@ -379,13 +388,19 @@ def run_matrix(scenarios: list[Scenario], policy: str = "collect-all", limits: L
     for (_variant, backend, serve), group in groups.items():
         if stopped:
             break
+        if (why := stack_model.skip_reason(stack, "serve" if serve else "run", backend)) is not None:
+            records += [record(s, Outcome("skip", "load", why)) for s in group]
+            continue
         if backend == "cuda":
             cuda = _cuda_available() if cuda is None else cuda
             if not cuda:
                 for s in group:
                     records.append(record(s, Outcome("skip", "load", "no CUDA device on this host")))
                 continue
-        (run_serve_group if serve else run_group)(group, limits, on_record, server if serve else child)
+        if serve:
+            run_serve_group(group, limits, on_record, server)
+        else:
+            run_group(group, limits, on_record, child, stack)
     done = {r.details["scenario"]["id"] for r in records}
     for s in scenarios:
         if s.id not in done:
@@ -461,9 +476,7 @@ def run_one(model, s: dict) -> dict:
 def child_main() -> int:
     job = json.load(sys.stdin)
     try:
-        from ..runtime import load_model
-
-        model = load_model(job["model"], device=job["backend"], weights=job.get("weights", "packed"))
+        model = stack_model.load(job)  # our runtime, or the job's stack through its adapter
     except Exception as exc:  # noqa: BLE001 - any load error is this scenario's finding
         _emit({"event": "load_error", "error": f"{type(exc).__name__}: {exc}"})
         return 1
@@ -474,6 +487,8 @@ def child_main() -> int:
         except Exception as exc:  # noqa: BLE001 - reported per scenario; the parent judges it
             _emit({"event": "error", "id": s["id"], "error": f"{type(exc).__name__}: {exc}", "message": str(exc),
                    "error_type": type(exc).__name__, "refusal": isinstance(exc, AprQaError)})
+    if isinstance(model, stack_model.StackScenarioModel):
+        model.close()  # its work folder (the GGUF export, a command's request and response)
     return 0
 
 

@@ -31,12 +31,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="model.safetensors.index.json (Five Whys name the shard of a missing tensor)")
     p.add_argument("--failure-policy", choices=["stop-on-first", "stop-on-p0", "collect-all", "fail-fast"],
                    help="override the playbook's policy")
+    p.add_argument("--stack", default="builtin",
+                   help="the stack certified (docs/stacks.md): builtin (default), llamacpp, or a stack specification "
+                        "as JSON; the scenarios run on it, and --evidence must hold its own evaluations (download "
+                        "and validation evidence is the artifact's, every stack's)")
     p.add_argument("--dry-run", action="store_true", help="print the scenario plan and exit")
     p.set_defaults(func=cmd_certify)
 
     p = sub.add_parser("export-csv", help="upsert certify evidence into the models.csv registry")
     p.add_argument("evidence", type=Path, nargs="*", help="certify evidence files")
-    p.add_argument("--evidence-dir", type=Path, help="also every */evidence.json below this folder")
+    p.add_argument("--evidence-dir", type=Path, help="also every */evidence.json below this folder, and every "
+                   "stack's certification beside it (*/stacks/*.json)")
     p.add_argument("--output", type=Path, required=True, help="models.csv to update")
     p.set_defaults(func=cmd_export_csv)
 
@@ -103,9 +108,12 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_certify(args: argparse.Namespace) -> int:
+    from ..certify.mqs import NOT_APPLICABLE
     from ..certify.pipeline import certify
     from ..certify.playbooks import load_playbook, plan, select_variants, variant_from_spec
+    from ..stacks import StackSpec
 
+    stack = StackSpec.parse(args.stack, "--stack")
     playbook = load_playbook(args.playbook)
     variants = [variant_from_spec(v) for v in args.variant]
     if args.dry_run:
@@ -119,10 +127,15 @@ def cmd_certify(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             raise AprQaError(f"cannot read source index: {exc}", args.source_index) from None
     records, score = certify(args.model_id, playbook, variants, args.output, family=args.family,
-                         extra_evidence=args.evidence, source_index=source_index, policy=args.failure_policy,
-                         reference=args.reference)
+                             extra_evidence=args.evidence, source_index=source_index, policy=args.failure_policy,
+                             reference=args.reference, stack=stack)
+    on = "" if stack.kind == "builtin" else f" on stack {stack.name}"
+    if score.status == NOT_APPLICABLE:  # the stack does not run this model: said so, not a failure
+        reason = json.loads(args.output.read_text()).get("not_applicable")
+        print(f"{args.model_id}: not certified{on}: {reason} -> {args.output}", file=sys.stderr)
+        return 0
     threshold = playbook["thresholds"]["mqs_pass"]
-    print(f"{args.model_id}: MQS {score.raw} ({score.normalized:.1f}, {score.grade}) {score.status}; tier "
+    print(f"{args.model_id}{on}: MQS {score.raw} ({score.normalized:.1f}, {score.grade}) {score.status}; tier "
           f"{playbook['tier']} {'passed' if score.tier_passed(threshold) else 'NOT passed'} (needs {threshold}) "
           f"-> {args.output}", file=sys.stderr)
     return 0 if score.tier_passed(threshold) else 1
@@ -131,7 +144,9 @@ def cmd_certify(args: argparse.Namespace) -> int:
 def cmd_export_csv(args: argparse.Namespace) -> int:
     from ..certify.registry import export_csv
 
-    files = list(args.evidence) + (sorted(args.evidence_dir.glob("*/evidence.json")) if args.evidence_dir else [])
+    files = list(args.evidence)
+    if args.evidence_dir:
+        files += sorted(args.evidence_dir.glob("*/evidence.json")) + sorted(args.evidence_dir.glob("*/stacks/*.json"))
     if not files:
         raise AprQaError("no evidence files given (pass files or --evidence-dir)")
     rows = export_csv(files, args.output)
@@ -154,7 +169,10 @@ def cmd_junit(args: argparse.Namespace) -> int:
     suites = []
     for path in args.evidence:
         ctx, records = load_records(path)
-        suites.append((str(ctx.get("subject") or path.stem), str(ctx.get("stage") or "evidence"), records))
+        name = str(ctx.get("subject") or path.stem)
+        stack = (ctx.get("certified_stack") or {}).get("name", "builtin")
+        suites.append((name if stack == "builtin" else f"{name} on {stack}", str(ctx.get("stage") or "evidence"),
+                       records))
     counts = write_junit(args.output, suites)
     print(f"{args.output}: {counts}", file=sys.stderr)
     return 0

@@ -13,11 +13,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a model against its reference (accuracy, latency, logit consistency)")
     p.add_argument("model", type=Path, help="the model: a .apr file, or a source folder / .gguf")
     p.add_argument("--reference", type=Path, required=True,
-                   help="the original weights (folder or .gguf), run at float32 in the same runtime")
+                   help="the model's golden reference (.npz from `apr-qa golden-reference`), or the original "
+                        "weights (folder or .gguf), from which one is built first at float32")
     p.add_argument("--prompts", type=Path, required=True, help="golden prompt YAML (config/prompts/golden-v1.yaml)")
     p.add_argument("--json", type=Path, required=True, help="evaluation JSON to write")
-    p.add_argument("--runs", type=int, default=5, help="runs per prompt, seeds SEED..SEED+RUNS-1 (default 5)")
-    p.add_argument("--seed", type=int, default=42, help="seed of run 0 (default 42)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                    help="compute dtype of the evaluated model (the reference always runs float32)")
@@ -26,13 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "as a user would; 'dequantized' turns them into floats at load (the reference is always "
                         "dequantized)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--max-new-tokens", type=int, default=32, help="tokens per sampled run (default 32)")
-    p.add_argument("--greedy-tokens", type=int, default=32,
-                   help="length of the greedy generations compared for invariant I-1 (default 32)")
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=40)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds per prompt, gate T2 (default 30)")
+    _run_options(p)
     p.add_argument("--min-cosine", type=float,
                    help="encoders: minimum cosine vs the reference (default depends on the quantization level)")
     p.add_argument("--stack", default="builtin",
@@ -50,6 +43,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "16-bit levels, 0.99 for quantized ones; a higher level's own target is never lowered)")
     p.set_defaults(func=cmd_eval)
 
+    g = sub.add_parser("golden-reference",
+                       help="run a model's reference weights over the golden prompts once; every variant's "
+                            "evaluation reads it (apr-qa eval --reference FILE)")
+    g.add_argument("source", type=Path, help="the original weights (folder or .gguf), run at float32")
+    g.add_argument("--prompts", type=Path, required=True, help="golden prompt YAML")
+    g.add_argument("--out", type=Path, required=True, help="the reference file to write (.npz)")
+    g.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    g.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    _run_options(g)
+    g.set_defaults(func=cmd_golden_reference)
+
     r = sub.add_parser("corpus-reference",
                        help="run a model's reference weights over a corpus once; every variant's evaluation reads it")
     r.add_argument("source", type=Path, help="the original weights (folder or .gguf), run at float32")
@@ -64,11 +68,53 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=cmd_corpus_reference)
 
 
+def _run_options(p: argparse.ArgumentParser) -> None:
+    """The run options a golden reference and the evaluations that read it must share."""
+    p.add_argument("--runs", type=int, default=5, help="runs per prompt, seeds SEED..SEED+RUNS-1 (default 5)")
+    p.add_argument("--seed", type=int, default=42, help="seed of run 0 (default 42)")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="tokens per sampled run (default 32)")
+    p.add_argument("--greedy-tokens", type=int, default=32,
+                   help="length of the greedy generations compared for invariant I-1 (default 32)")
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per prompt, gate T2 (default 30)")
+
+
+def _options(args: argparse.Namespace, **extra):
+    from ..evaluation.protocol import EvalOptions
+
+    return EvalOptions(runs=args.runs, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                       greedy_tokens=args.greedy_tokens, temperature=args.temperature, top_k=args.top_k,
+                       top_p=args.top_p, timeout_s=args.timeout, **extra)
+
+
+def cmd_golden_reference(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..errors import AprQaError
+    from ..evaluation import golden_reference
+    from ..evaluation.prompts import load_golden
+
+    if args.runs < 1:
+        raise AprQaError(f"--runs must be at least 1, got {args.runs}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    golden = load_golden(args.prompts)
+    t0 = time.perf_counter()
+    ref = golden_reference.build_from_source(args.source, golden, _options(args), args.device)
+    golden_reference.write(ref, args.out)
+    what = (f"{len(golden.prompts)} prompts x {args.runs} runs, greedy pass, top-{ref.meta['top_k']} log-probs"
+            if ref.kind == "decoder" else f"{len(ref.embeddings or {})} texts embedded")
+    print(f"apr-qa golden-reference: {args.source}: {golden.path.name}, {what}, {time.perf_counter() - t0:.1f} s "
+          f"-> {args.out}", file=sys.stderr)
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from ..evaluation.prompts import load_golden
-    from ..evaluation.protocol import EvalOptions
     from ..evaluation.report_json import build_report, summary_lines, utc_now, write_report
     from ..errors import AprQaError
     from ..evidence import exit_code
@@ -79,12 +125,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     golden = load_golden(args.prompts)
     if args.threads:
         torch.set_num_threads(args.threads)
-    opts = EvalOptions(runs=args.runs, seed=args.seed, max_new_tokens=args.max_new_tokens,
-                       greedy_tokens=args.greedy_tokens,
-                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                       timeout_s=args.timeout, min_cosine=args.min_cosine,
-                       corpus_reference=str(args.corpus_reference) if args.corpus_reference else None,
-                       quality_target=args.quality_target)
+    opts = _options(args, min_cosine=args.min_cosine,
+                    corpus_reference=str(args.corpus_reference) if args.corpus_reference else None,
+                    quality_target=args.quality_target)
     started, t0 = utc_now(), time.perf_counter()
     ev, opts, stack = evaluate_on_stack(spec, args.model, args.reference, golden, opts, device=args.device,
                                         dtype=args.dtype, weights=args.weights, threads=args.threads,

@@ -32,49 +32,36 @@ is above 10 points. An interval that spans a limit is inconclusive: a yellow war
 the interval and its resolution, never green. Band: green when T7 passes, red when T8 fails, yellow
 otherwise (degradation demonstrably above 5 points, or not resolved).
 
-Per-level logit limits (gate T9, decoders): mean KL(reference || variant) per position and the
-share of positions whose top-1 token is the reference's, teacher-forced on the golden prompts
-(judged by the upper end of its 95 % Wilson interval, so a handful of positions cannot fail it by one
-near-tie).
-Calibrated on SmolLM2-135M-Instruct (models/derived) and golden-v1 (215 prompt positions); the
-measured value is beside each limit (docs/accuracy-andon.md has the full table). The limits leave
-room for other models (small models are the most sensitive to quantization, so one of 135M
-parameters is near the worst case) and catch a broken quantizer, which lands orders of magnitude
-beyond (a wrong block scale gives KLD >> 1 and same-top-1 near chance).
+Token F1 beside exact match (decoders, prompts with a `reference_answer`): each run's F1 against the
+prompt's reference answer (evaluation/f1.py) is paired with the reference's run of the same prompt and
+seed; per prompt the reference's mean F1 minus the variant's is one difference, and the F1 degradation
+(in points of F1 x 100, so the same 5- and 10-point bands apply) is judged on the Student-t 95 % interval
+of those differences over the prompts, exactly as exact match is. It is reported with the same sign
+convention as exact match (reference minus variant: positive is a loss; the variant-minus-reference
+difference is its negative), so both metrics read and are judged alike. Exact match says whether the
+answer is right; F1 also sees answers that changed without crossing the pattern's line (a lost word, a
+garbled option text), so the two fail in different places. T7 and T8 judge both: a gate fails when
+either metric fails, passes only when both pass, and is inconclusive otherwise (verdict.worst). Where
+no prompt has a reference answer (golden-v1) or the model is an encoder, F1 is not measured and the
+gates judge exact match alone, as before.
+
+Gate T9 (conversion correctness, evaluation/conversion_limits.py) judges the logits; this module judges accuracy.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
 
-from . import stats, verdict
+from . import f1, stats, verdict
 
 WARN_POINTS = 5.0    # degradation above this: yellow
 FAIL_POINTS = 10.0   # degradation above this: red
 CONFIDENCE = 0.95    # of the paired degradation's interval
 INTERVAL_METHOD = ("paired: per item (prompt, or encoder paraphrase pair) the reference's minus the variant's "
                    "success share on the same runs and seeds; Student-t 95 % interval of their mean over the items")
+F1_INTERVAL_METHOD = ("paired: per prompt with a reference answer the reference's minus the variant's mean token F1 "
+                      "over the same runs and seeds; Student-t 95 % interval of their mean over the prompts")
 SLOW_REQUEST_S = 5.0  # a median request over 5 s is yellow (gate T6): too slow to serve interactively
-
-
-@dataclass(frozen=True)
-class LogitLimits:
-    max_mean_kld: float
-    min_same_top1: float
-
-
-# level -> limits. Measured on SmolLM2-135M-Instruct vs its float32 source (golden-v1, 215 positions):
-LOGIT_LIMITS: dict[str, LogitLimits] = {
-    "source": LogitLimits(1e-9, 1.0),    # the reference itself: identical logits
-    "f32": LogitLimits(1e-9, 1.0),       # measured 0 and 100 %: same values, same kernels
-    "f16": LogitLimits(1e-4, 0.99),      # measured 2.3e-6, 100 %
-    "bf16": LogitLimits(1e-3, 0.98),     # measured 5.0e-5, 100 %
-    "q8_0": LogitLimits(0.01, 0.95),     # measured 1.5e-3, 98.1 %
-    "q6_k": LogitLimits(0.1, 0.85),      # measured 0.021, 94.0 %
-    "q4_k_m": LogitLimits(0.1, 0.85),    # measured 0.020, 94.0 %
-    "q4_k": LogitLimits(0.25, 0.80),     # measured 0.062, 88.4 %
-    "q4_0": LogitLimits(1.0, 0.55),      # measured 0.39, 68.4 %
-}
 
 
 def degradation_points(reference: float | None, model: float | None) -> float | None:
@@ -94,7 +81,11 @@ def paired_interval(per_item: list[dict], confidence: float = CONFIDENCE) -> tup
     None when fewer than two items can be compared (no spread between items to estimate)."""
     if any(_trials(i) <= 0 for i in per_item):
         return None
-    diffs = [(i["reference"] - i["model"]) / _trials(i) for i in per_item]
+    return _interval_points([(i["reference"] - i["model"]) / _trials(i) for i in per_item], confidence)
+
+
+def _interval_points(diffs: list[float], confidence: float) -> tuple[float, float] | None:
+    """Student-t interval of the mean of per-item differences (fractions), in points, clipped to [-100, 100]."""
     interval = stats.t_interval(diffs, confidence)
     if interval is None:
         return None
@@ -119,15 +110,51 @@ def band(warn_verdict: str, fail_verdict: str) -> str:
     return "green" if warn_verdict == verdict.PASS else "yellow"
 
 
+def f1_block(per_prompt: list[dict], confidence: float = CONFIDENCE) -> dict | None:
+    """The token-F1 half of the Andon from paired_f1's items: both mean F1s, the F1 degradation (reference
+    minus variant, points of F1 x 100) with its paired 95 % interval and resolution, T7's and T8's verdicts
+    on F1 alone, and the prompts whose mean F1 fell or rose (largest change first). None without items."""
+    if not per_prompt:
+        return None
+    runs = sum(i["runs"] for i in per_prompt)
+    model = math.fsum(i["model"] * i["runs"] for i in per_prompt) / runs
+    reference = math.fsum(i["reference"] * i["runs"] for i in per_prompt) / runs
+    points = degradation_points(reference, model)
+    ci = _interval_points([i["reference"] - i["model"] for i in per_prompt], confidence)
+    return {
+        "definition": f1.DEFINITION,
+        "model": {"mean": round(model, 6), "n": runs}, "reference": {"mean": round(reference, 6), "n": runs},
+        "degradation_points": points, "degradation_ci95": list(ci) if ci else None,
+        "resolution_points": round((ci[1] - ci[0]) / 2, 6) if ci else None,
+        "interval_method": F1_INTERVAL_METHOD, "items": len(per_prompt),
+        "verdicts": {"T7": degradation_verdict(points, ci, WARN_POINTS),
+                     "T8": degradation_verdict(points, ci, FAIL_POINTS)},
+        "lost": sorted((i for i in per_prompt if i["reference"] > i["model"]),
+                       key=lambda i: i["model"] - i["reference"]),
+        "gained": sorted((i for i in per_prompt if i["model"] > i["reference"]),
+                         key=lambda i: i["reference"] - i["model"]),
+    }
+
+
+def combined_verdict(exact_match: str, f1_verdict: str | None) -> str:
+    """T7/T8 on both metrics: FAIL if either fails, PASS only if both pass, INCONCLUSIVE otherwise;
+    exact match alone where F1 was not measured (None)."""
+    return exact_match if f1_verdict is None else verdict.worst([exact_match, f1_verdict])
+
+
 def accuracy_block(kind: str, model: dict, reference: dict, per_item: list[dict],
-                   paired_runs: dict | None = None) -> dict:
+                   paired_runs: dict | None = None, f1_items: list[dict] | None = None) -> dict:
     """The evaluation's `accuracy_andon` section: both accuracies, the degradation with its paired 95 %
     interval and resolution (half-width), T7's and T8's verdicts, the band, and the items (prompts or
     paraphrase pairs) the variant lost or gained against the reference. `per_item`: {"id", "model",
-    "reference", "runs" (decoders) or "comparisons" (encoders)}, successes per item."""
+    "reference", "runs" (decoders) or "comparisons" (encoders)}, successes per item. `f1_items`
+    (decoders, paired_f1): the token-F1 half (`f1`, f1_block); `verdicts` and the band then combine both
+    metrics (combined_verdict), `verdicts_by_metric` keeps each one's."""
     points = degradation_points(reference.get("value"), model.get("value"))
     ci = paired_interval(per_item) if points is not None else None
-    verdicts = {"T7": degradation_verdict(points, ci, WARN_POINTS), "T8": degradation_verdict(points, ci, FAIL_POINTS)}
+    exact = {"T7": degradation_verdict(points, ci, WARN_POINTS), "T8": degradation_verdict(points, ci, FAIL_POINTS)}
+    f1_part = f1_block(f1_items) if f1_items else None
+    verdicts = {g: combined_verdict(v, f1_part["verdicts"][g] if f1_part else None) for g, v in exact.items()}
     return {
         "definition": ("share of the sampled golden-prompt runs matching the expected pattern, variant and "
                        "reference on the same prompts and seeds" if kind == "decoder" else
@@ -138,6 +165,8 @@ def accuracy_block(kind: str, model: dict, reference: dict, per_item: list[dict]
         "interval_method": INTERVAL_METHOD, "items": len(per_item),
         "paired_runs": paired_runs,
         "verdicts": verdicts, "band": band(verdicts["T7"], verdicts["T8"]),
+        "verdicts_by_metric": {"exact_match": exact, "f1": f1_part["verdicts"] if f1_part else None},
+        "f1": f1_part,
         "warn_above_points": WARN_POINTS, "fail_above_points": FAIL_POINTS,
         "lost": [i for i in per_item if i["reference"] > i["model"]],
         "gained": [i for i in per_item if i["model"] > i["reference"]],
@@ -154,16 +183,31 @@ def paired_run_outcomes(model_records: list[dict], reference_records: list[dict]
             "gained": sum(m and not r for m, r in pairs)}
 
 
+def paired_f1(model_records: list[dict], reference_records: list[dict]) -> list[dict]:
+    """Per prompt with a reference answer, from run_generation's records: the variant's and the reference's
+    mean token F1 over the runs both made (same prompt, same seed), and how many runs that is, in the order
+    of the variant's records. Empty when no pair has an F1 on both sides (no reference answers, or records
+    written before F1 existed)."""
+    ref = {(r["prompt_id"], r["seed"]): r.get("f1") for r in reference_records}
+    sums: dict[str, list[float]] = {}
+    for r in model_records:
+        ref_f1 = ref.get((r["prompt_id"], r["seed"]))
+        if r.get("f1") is None or ref_f1 is None:
+            continue
+        acc = sums.setdefault(r["prompt_id"], [0.0, 0.0, 0])
+        acc[0] += r["f1"]
+        acc[1] += ref_f1
+        acc[2] += 1
+    return [{"id": pid, "model": round(m / n, 6), "reference": round(rf / n, 6), "runs": int(n)}
+            for pid, (m, rf, n) in sums.items()]
+
+
 def per_prompt_hits(records: list[dict]) -> dict[str, int]:
     """Matched runs per prompt id, from run_generation's records."""
     hits: dict[str, int] = {}
     for r in records:
         hits[r["prompt_id"]] = hits.get(r["prompt_id"], 0) + bool(r["matched"])
     return hits
-
-
-def limits_for(level: str) -> LogitLimits | None:
-    return LOGIT_LIMITS.get(level)
 
 
 def share_upper_bound(successes: int, n: int) -> float:

@@ -10,8 +10,9 @@ logits llama.cpp keeps for a 49k vocabulary.
 
 KL(reference || variant) from the top-k: sum over the reference's top-k of p (log p - log q), plus the
 rest of the vocabulary merged into one bucket, p_tail log(p_tail / q_tail). Merging can only lower a KL
-divergence (the log-sum inequality), so the figure is a lower bound of the exact one; the evaluation
-measures the gap on the first window, where the reference's full logits are at hand, and records it.
+divergence (the log-sum inequality), so the figure is a lower bound of the exact one; the file also keeps
+the reference's full log-probs at the first window's first EXACT_POSITIONS positions (12 MB for a 49k
+vocabulary), and every evaluation measures the gap there and records it.
 
 Statistics and their resolution. Positions in one window share their context, so they are not
 independent: every standard error here is computed from the per-window means (a cluster estimate, more
@@ -35,8 +36,10 @@ from ..errors import AprQaError, FormatError
 from ..fsutil import atomic_path
 from . import stats
 from .corpus_text import Corpus, sentences, token_chunks
+from .logit_consistency import topk_kld
 
-FORMAT = "apr-qa-corpus-reference/1"
+FORMAT = "apr-qa-corpus-reference/2"
+EXACT_POSITIONS = 64  # first-window positions whose full reference log-probs are kept (the top-k gap)
 KLD_PERCENTILES = {"median": 50.0, "p90": 90.0, "p95": 95.0, "p99": 99.0, "p99_9": 99.9}
 DELTA_P_PERCENTILES = {"p1": 1.0, "p5": 5.0, "p10": 10.0, "median": 50.0, "p90": 90.0, "p95": 95.0, "p99": 99.0}
 
@@ -65,6 +68,7 @@ class Reference:
     topk_ids: np.ndarray     # int32 [chunks, scored, k]
     topk_logp: np.ndarray    # float32 [chunks, scored, k]
     token_logp: np.ndarray   # float32 [chunks, scored]: log p_ref(actual next token)
+    exact_logp: np.ndarray | None = None  # float32 [EXACT_POSITIONS, vocab]: the first window's full log-probs
     texts: tuple[str, ...] = ()
     embeddings: np.ndarray | None = None  # float32 [texts, hidden]
 
@@ -91,8 +95,10 @@ def build_reference(model, corpus: Corpus, *, tokens: int, n_ctx: int, top_k: in
     n_ctx = min(n_ctx, limit) if limit else n_ctx
     chunks = token_chunks(corpus, model.tokenizer, n_ctx, chunks_for(tokens, n_ctx))
     ids, values, actual = [], [], []
+    exact = None
     for chunk in chunks:
         logp = log_probs(model, chunk)
+        exact = logp[:EXACT_POSITIONS].numpy() if exact is None else exact
         top = torch.topk(logp, min(top_k, logp.shape[-1]), dim=-1)  # sorted: index 0 is the top-1
         nxt = torch.tensor(chunk[scored_slice(n_ctx).start + 1:], dtype=torch.long)
         ids.append(top.indices.to(torch.int32).numpy())
@@ -101,7 +107,8 @@ def build_reference(model, corpus: Corpus, *, tokens: int, n_ctx: int, top_k: in
     meta = {"format": FORMAT, "kind": "decoder", "corpus": corpus.name, "corpus_sha256": corpus.sha256,
             "n_ctx": n_ctx, "chunks": len(chunks), "top_k": int(ids[0].shape[-1]),
             "scored_per_chunk": int(ids[0].shape[0]), **about}
-    return Reference(meta, np.asarray(chunks, dtype=np.int32), np.stack(ids), np.stack(values), np.stack(actual))
+    return Reference(meta, np.asarray(chunks, dtype=np.int32), np.stack(ids), np.stack(values), np.stack(actual),
+                     exact)
 
 
 def build_encoder_reference(model, corpus: Corpus, *, tokens: int, about: dict[str, Any]) -> Reference:
@@ -115,12 +122,14 @@ def build_encoder_reference(model, corpus: Corpus, *, tokens: int, about: dict[s
             "texts": len(texts), **about}
     empty = np.zeros((0, 4), dtype=np.int32)
     return Reference(meta, empty, np.zeros((0, 1, 1), np.int32), np.zeros((0, 1, 1), np.float32),
-                     np.zeros((0, 1), np.float32), tuple(texts), embeddings.numpy())
+                     np.zeros((0, 1), np.float32), texts=tuple(texts), embeddings=embeddings.numpy())
 
 
 def write_reference(ref: Reference, path: str | Path) -> None:
     arrays: dict[str, Any] = {"meta": np.array(json.dumps(ref.meta, sort_keys=True)), "tokens": ref.tokens,
                               "topk_ids": ref.topk_ids, "topk_logp": ref.topk_logp, "token_logp": ref.token_logp}
+    if ref.exact_logp is not None:
+        arrays["exact_logp"] = ref.exact_logp
     if ref.kind == "encoder":
         arrays.update(texts=np.array(ref.texts, dtype=np.str_), embeddings=ref.embeddings)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
@@ -132,6 +141,8 @@ def read_reference(path: str | Path) -> Reference:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             ref = Reference(meta, z["tokens"], z["topk_ids"], z["topk_logp"], z["token_logp"])
+            if "exact_logp" in z:
+                ref.exact_logp = z["exact_logp"]
             if meta.get("kind") == "encoder":
                 ref.texts, ref.embeddings = tuple(str(t) for t in z["texts"]), z["embeddings"]
     except (OSError, ValueError, KeyError) as exc:
@@ -151,17 +162,6 @@ def read_reference(path: str | Path) -> Reference:
 
 
 # -- scoring a variant -------------------------------------------------------------------------------
-
-def topk_kld(ref_ids: torch.Tensor, ref_logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
-    """Per position KL(reference || variant) over the reference's top-k plus one merged tail bucket."""
-    p = ref_logp.double().exp()
-    q_top = logq.gather(-1, ref_ids.long()).double()
-    head = (p * (ref_logp.double() - q_top)).sum(-1)
-    p_tail = (1.0 - p.sum(-1)).clamp_min(0.0)
-    q_tail = (1.0 - q_top.exp().sum(-1)).clamp_min(1e-300)
-    tail = torch.where(p_tail > 0, p_tail * (p_tail.clamp_min(1e-300).log() - q_tail.log()), 0.0)
-    return (head + tail).clamp_min(0.0)
-
 
 @dataclass
 class Scored:
@@ -203,12 +203,17 @@ def score(model, ref: Reference) -> Scored:
                   ref.topk_ids[:, :, 0] == actual, first_logq)
 
 
-def approximation_error(ref: Reference, reference_logp: torch.Tensor, first_logq: torch.Tensor) -> dict[str, Any]:
-    """The top-k KLD against the exact one on the first window (`reference_logp`: the reference's full
-    log-probs there, recomputed), so every result states how far the compact reference is from exact."""
-    p = reference_logp.double()
-    exact = (p.exp() * (p - first_logq.double())).sum(-1).clamp_min(0.0)
-    approx = topk_kld(torch.from_numpy(ref.topk_ids[0]), torch.from_numpy(ref.topk_logp[0]), first_logq)
+def approximation_error(ref: Reference, first_logq: torch.Tensor) -> dict[str, Any]:
+    """The top-k KLD against the exact one on the first window's first positions, whose full reference
+    log-probs the file keeps, so every result states how far the compact reference is from exact."""
+    if ref.exact_logp is None:
+        raise FormatError("the corpus reference keeps no exact log-probs to measure its top-k approximation",
+                          ref.meta.get("model", "corpus reference"))
+    n = ref.exact_logp.shape[0]
+    p = torch.from_numpy(ref.exact_logp).double()
+    q = first_logq[:n].double()
+    exact = (p.exp() * (p - q)).sum(-1).clamp_min(0.0)
+    approx = topk_kld(torch.from_numpy(ref.topk_ids[0, :n]), torch.from_numpy(ref.topk_logp[0, :n]), q)
     gap = (exact - approx).abs()
     return {"positions": int(exact.numel()), "kld_exact_mean": float(exact.mean()),
             "kld_top_k_mean": float(approx.mean()), "max_abs_error": float(gap.max()),

@@ -13,10 +13,13 @@ from typing import Any
 
 from ..errors import FormatError
 from ..fsutil import sha256_file
+from . import f1
 
 # One prompt schema for the golden sets (`apr-qa eval`) and the playbooks' scenarios (`apr-qa certify`).
 REQUIRED_PROMPT_KEYS = ("id", "input", "category")
-OPTIONAL_PROMPT_KEYS = ("expected_pattern", "turns", "source", "difficulty")
+# reference_answer: the short canonical answer text, scored by token F1 (evaluation/f1.py) beside the
+# expected_pattern's exact match
+OPTIONAL_PROMPT_KEYS = ("expected_pattern", "turns", "source", "difficulty", "reference_answer")
 PLAYBOOK_CATEGORIES = ("QUAL", "EDGE")  # a playbook prompt's MQS category
 _ID = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -36,6 +39,7 @@ class Prompt:
     turns: tuple[str, ...] | None = None  # chat: user turns sent one after another through the chat template
     source: str | None = None
     difficulty: str | None = None
+    reference_answer: str | None = None  # token F1's reference (evaluation/f1.py)
 
     def matches(self, text: str) -> bool:
         return matches(self.expected_pattern, text)
@@ -80,6 +84,7 @@ class GoldenSet:
     def summary(self) -> dict[str, Any]:
         return {"path": str(self.path), "sha256": self.sha256, "version": self.version,
                 "count": len(self.prompts), "categories": self.categories,
+                "with_reference_answer": sum(p.reference_answer is not None for p in self.prompts),
                 "paraphrase_pairs": len(self.paraphrase_pairs),
                 "unrelated_pairs": len(self.unrelated_pairs)}
 
@@ -127,6 +132,11 @@ def parse_prompt(entry: Any, index: int, path: Path, *, require_pattern: bool = 
         if not isinstance(turns, list) or not turns or not all(isinstance(t, str) for t in turns):
             raise FormatError(f"{where}: 'turns' must be a non-empty list of strings", path)
         fields["turns"] = tuple(turns)
+    if entry.get("reference_answer") is not None:
+        fields["reference_answer"] = _text(entry, "reference_answer", where, path)
+        if not f1.tokens(fields["reference_answer"]):
+            raise FormatError(f"{where}: 'reference_answer' has no words left after F1's normalization "
+                              "(lower case, no punctuation, no articles)", path)
     fields.update({k: str(entry[k]) for k in ("source", "difficulty") if entry.get(k) is not None})
     return Prompt(**fields)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import stats
+from . import f1, stats
 from .logit_consistency import AgreementConfig
 from .prompts import GoldenSet
 
@@ -59,10 +59,8 @@ def run_generation(model, golden: GoldenSet, opts: EvalOptions) -> dict:
             g = model.generate([prompt.input], opts.max_new_tokens, temperature=opts.temperature,
                                top_k=opts.top_k, top_p=opts.top_p, seed=seed, stop_on_eos=True,
                                timeout_s=opts.timeout_s)[0]
-            records.append({"prompt_id": prompt.id, "category": prompt.category, "run": run, "seed": seed,
-                            "matched": prompt.matches(g.text), "finish_reason": g.finish_reason,
-                            "prompt_tokens": len(g.prompt_ids), "new_tokens": len(g.token_ids),
-                            "text": g.text})
+            records.append(run_record(prompt, run, seed, g.text, g.finish_reason, len(g.prompt_ids),
+                                      len(g.token_ids)))
             latencies.append(g.total_time_s)
             ttfts.append(g.time_to_first_token_s)
             if g.time_to_first_token_s > 0:  # prompt tokens per second of the first token's wait (prefill)
@@ -85,6 +83,16 @@ def run_generation(model, golden: GoldenSet, opts: EvalOptions) -> dict:
     }
 
 
+def run_record(prompt, run: int, seed: int, text: str, finish_reason: str, prompt_tokens: int,
+               new_tokens: int) -> dict:
+    """One run's record: what it generated, whether that matches the prompt's expectation (exact match),
+    and its token F1 against the prompt's reference answer (None when the prompt has none)."""
+    return {"prompt_id": prompt.id, "category": prompt.category, "run": run, "seed": seed,
+            "matched": prompt.matches(text),
+            "f1": None if prompt.reference_answer is None else round(f1.leading_f1(text, prompt.reference_answer), 6),
+            "finish_reason": finish_reason, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "text": text}
+
+
 def accuracy(records: list[dict], confidence: float = 0.95) -> dict:
     """Pattern-match accuracy, overall and per category, with Wilson intervals.
 
@@ -97,7 +105,29 @@ def accuracy(records: list[dict], confidence: float = 0.95) -> dict:
     hits = [r["matched"] for r in records]
     return {"overall": stats.proportion(sum(hits), len(hits), confidence),
             "by_category": {c: stats.proportion(sum(v), len(v), confidence)
-                            for c, v in sorted(by_category.items())}}
+                            for c, v in sorted(by_category.items())},
+            "f1": f1_summary(records, confidence)}
+
+
+def f1_summary(records: list[dict], confidence: float = 0.95) -> dict | None:
+    """Mean token F1 (evaluation/f1.py) over the runs of the prompts with a reference answer, overall and per
+    category, each with its Student-t interval (clipped to [0, 1]); None when no prompt has one. As for
+    exact match, prompt x run are treated as independent samples: the interval describes run-to-run spread.
+    """
+    scored = [r for r in records if r.get("f1") is not None]
+    if not scored:
+        return None
+
+    def summary(values: list[float]) -> dict:
+        ci = stats.t_interval(values, confidence)
+        return {"mean": stats.mean(values), "n": len(values),
+                "ci95": [max(0.0, ci[0]), min(1.0, ci[1])] if ci else None}
+
+    by_category: dict[str, list[float]] = {}
+    for r in scored:
+        by_category.setdefault(r["category"], []).append(r["f1"])
+    return {**summary([r["f1"] for r in scored]), "definition": f1.DEFINITION,
+            "by_category": {c: summary(v) for c, v in sorted(by_category.items())}}
 
 
 def greedy_pass(model, golden: GoldenSet, opts: EvalOptions) -> list:

@@ -45,7 +45,8 @@ def build_report(ev: Evaluation, golden: GoldenSet, opts: EvalOptions, device: s
                     "dtype": ev.model.get("runtime_dtype"), "threads": torch.get_num_threads()},
         "model": ev.model,
         "reference": {"path": ev.reference["path"], "format": ev.reference["format"],
-                      "sha256": ev.reference["sha256"], "dtype": "float32"},
+                      "sha256": ev.reference["sha256"], "dtype": "float32",
+                      "golden_reference": ev.reference.get("golden_reference")},
         "prompts": golden.summary(),
         "protocol": ev.protocol,
         "variant": s.get("variant"),
@@ -112,8 +113,10 @@ def summary_lines(report: dict[str, Any], gates: list[Evidence]) -> list[str]:
     if report["protocol"] == "generation" and report.get("accuracy"):
         acc = report["accuracy"]["overall"]
         greedy = report["accuracy"]["greedy"]
-        lines.append(f"  accuracy {acc['value']:.3f} {_fmt_ci(acc['ci95'], '.3f')} over {acc['n']} sampled runs; "
-                     f"greedy {greedy['successes']}/{greedy['n']}")
+        f1 = report["accuracy"].get("f1")
+        lines.append(f"  accuracy {acc['value']:.3f} {_fmt_ci(acc['ci95'], '.3f')} over {acc['n']} sampled runs"
+                     + (f"; token F1 {f1['mean']:.3f} {_fmt_ci(f1['ci95'], '.3f')} over {f1['n']}" if f1 else "")
+                     + f"; greedy {greedy['successes']}/{greedy['n']}")
         tps = report["throughput"]["decode_tokens_per_s"]
         if tps["n"]:
             lines.append(f"  latency mean {lat['mean']:.3f} s (p50 {lat['p50']:.3f}, p99 {lat['p99']:.3f}); "
@@ -137,6 +140,13 @@ def summary_lines(report: dict[str, Any], gates: list[Evidence]) -> list[str]:
                      f"degradation {andon['degradation_points']} points, paired 95 % interval "
                      + (f"[{ci[0]:.1f}, {ci[1]:.1f}] (resolution +-{andon['resolution_points']:.1f})" if ci else "n/a")
                      + f" ({andon['band']})")
+        f1 = andon.get("f1")
+        if f1:
+            fci, fhw = f1.get("degradation_ci95"), f1.get("resolution_points")
+            lines.append(f"  token F1 vs reference: {f1['model']['mean']:.3f} vs {f1['reference']['mean']:.3f}, "
+                         f"degradation {f1['degradation_points']} points, paired 95 % interval "
+                         + (f"[{fci[0]:.1f}, {fci[1]:.1f}] (resolution +-{fhw:.1f})" if fci else "n/a")
+                         + f"; T7/T8 on both: {andon['verdicts']['T7']} / {andon['verdicts']['T8']}")
     lines.append(f"  peak memory {report['memory']['peak_bytes'] / 2**20:.0f} MiB")
     lines.append("  gates: " + ", ".join(f"{g.id} {'pass' if g.passed else g.level.upper()}" for g in gates))
     for g in gates:

@@ -1,11 +1,13 @@
 """`evaluate`: run the protocol on a model, then compare it with its reference in the same runtime.
 
-Phases, so that only one model is in memory at a time and memory figures belong to the model:
-1. model (measured window): load, sampled runs (or embedding timings), greedy pass, logits, tokenizer probe;
-2. model freed; reference loaded at float32: the same greedy pass, logits and tokenizer probe;
-   (decoders: also the same sampled runs, seeds included, for the accuracy Andon);
-3. comparisons (top-k logit agreement, KLD statistics, I-1, I-5, accuracy degradation) and gates, each failed
-   gate with its Five Whys.
+The reference is the golden reference (evaluation/golden_reference.py): what the source weights at float32
+did on the same prompts, with the same seeds, computed once per model (the workflow's `golden_reference`
+job) or, given a source model instead of a reference file, built first in this process and freed.
+Phases, so that only the model is in memory while it is measured and memory figures belong to it:
+1. model (measured window): load, sampled runs (or embedding timings), greedy pass, logits on the
+   reference's token ids, tokenizer probe, corpus;
+2. model freed; comparisons with the reference (top-k logit agreement, KLD statistics, I-1, I-5, accuracy
+   degradation) and gates, each failed gate with its Five Whys.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import AprQaError
 from ..evidence import Evidence
 from ..fsutil import sha256_file
-from . import accuracy_andon, encoder_eval, gates, logit_consistency, protocol, tokenizer_check
+from . import accuracy_andon, encoder_eval, gates, golden_reference, logit_consistency, protocol, tokenizer_check
+from .golden_reference import GoldenReference
 from .memory import PeakMemory
 from .prompts import GoldenSet
 
@@ -96,13 +100,14 @@ def _require_finite(tensors, what: str) -> None:
             raise ValueError(f"non-finite {what} for input {i}")
 
 
-def evaluate(model_path: str | Path, reference_path: str | Path, golden: GoldenSet,
+def evaluate(model_path: str | Path, reference: str | Path | GoldenReference, golden: GoldenSet,
              opts: protocol.EvalOptions, device: str = "cpu", dtype: str | torch.dtype = torch.float32,
              weights: str = "packed", load=None) -> Evaluation:
-    """`weights` is how the model's quantized matrices run (runtime.load_model); the reference runs
-    dequantized at float32, the exact values of its weights. `load(model_path, device=, dtype=,
-    weights=)` builds the model under test (default: our runtime); another stack (apr_qa.stacks)
-    passes an object with the runtime's generate/logits/tokenizer interface."""
+    """`reference`: a golden reference (object, or its .npz file from `apr-qa golden-reference`), or the
+    source weights, from which one is built first. `weights` is how the model's quantized matrices run
+    (runtime.load_model). `load(model_path, device=, dtype=, weights=)` builds the model under test
+    (default: our runtime); another stack (apr_qa.stacks) passes an object with the runtime's
+    generate/logits/tokenizer interface."""
     from ..runtime import load_model
     from ..runtime.device import resolve_device
     from ..runtime.packed import resident_bytes
@@ -111,8 +116,8 @@ def evaluate(model_path: str | Path, reference_path: str | Path, golden: GoldenS
         raise AprQaError(f"--runs must be at least 1, got {opts.runs}")
     dev = resolve_device(device)
     model_info = describe_weights(model_path)
-    reference_info = describe_weights(reference_path)
-    level = model_info["metadata"]["quantization"] or "source"
+    ref, ref_file = _golden_reference(reference, golden, opts, dev)
+    golden_reference.check(ref, golden, opts, ref_file)
 
     corpus_ref = None
     if opts.corpus_reference:  # a wrong file is bad input, refused before anything runs
@@ -125,13 +130,14 @@ def evaluate(model_path: str | Path, reference_path: str | Path, golden: GoldenS
         weight_bytes = getattr(model, "resident_weight_bytes", None) or resident_bytes(model)
         kind = model.kind
         runtime_dtype = str(model.dtype).removeprefix("torch.")
+        golden_reference.check_kind(ref, kind, ref_file)
         if corpus_ref is not None and corpus_ref.kind != kind:
             raise AprQaError(f"the corpus reference is {'an' if corpus_ref.kind == 'encoder' else 'a'} "
                              f"{corpus_ref.kind}'s; the model is {'an' if kind == 'encoder' else 'a'} {kind}",
                              opts.corpus_reference)
         try:
             if kind == "decoder":
-                measured = _measure_decoder(model, golden, opts, corpus_ref)
+                measured = _measure_decoder(model, golden, opts, ref, corpus_ref)
             else:
                 measured = _measure_encoder(model, golden, opts, corpus_ref)
             error = None
@@ -149,31 +155,35 @@ def evaluate(model_path: str | Path, reference_path: str | Path, golden: GoldenS
     else:
         prompt_logits = None
 
+    reference_info = {**ref.model, "golden_reference": ref_file}
     ev = Evaluation("generation" if kind == "decoder" else "embedding", model_info, reference_info,
                     prompt_logits=prompt_logits)
     ev.sections["memory"] = memory.as_dict()
-    ev.sections["variant"] = level
+    ev.sections["variant"] = level = model_info["metadata"]["quantization"] or "source"
     t3 = gates.gate_t3(memory.peak_bytes, opts.memory_limit_bytes)
     if measured is None:
         ev.gates = [gates.gate_t1(0, len(golden.prompts) * opts.runs, error), t3]
         _five_whys(ev.gates)
         return ev
-
-    reference = load_model(reference_path, device=dev, dtype=torch.float32, weights="dequantized")
     try:
-        if reference.kind != kind:
-            raise AprQaError(f"reference is an {reference.kind}, the model an {kind}", reference_path)
         if kind == "decoder":
-            _compare_decoder(ev, measured, reference, golden, opts, level)
+            _compare_decoder(ev, measured, ref, golden, opts, level, dev.type)
         else:
-            _compare_encoder(ev, measured, reference, golden, opts, level)
-    except ValueError as exc:  # non-finite reference output, or outputs of different shapes
-        raise AprQaError(f"cannot compare with the reference: {exc}", reference_path) from None
-    finally:
-        _free(reference)
+            _compare_encoder(ev, measured, ref, golden, opts, level, dev.type)
+    except ValueError as exc:  # outputs of different shapes
+        raise AprQaError(f"cannot compare with the reference: {exc}", ref_file) from None
     ev.gates.insert(2, t3)
     _five_whys(ev.gates)
     return ev
+
+
+def _golden_reference(reference, golden: GoldenSet, opts: protocol.EvalOptions, dev) -> tuple[GoldenReference, str]:
+    """The reference object and where it came from (its file, or the source it was built from)."""
+    if isinstance(reference, GoldenReference):
+        return reference, str(reference.meta.get("file", reference.model.get("path")))
+    if Path(reference).suffix == ".npz":
+        return golden_reference.read(reference), str(reference)
+    return golden_reference.build_from_source(reference, golden, opts, dev), str(reference)
 
 
 def _five_whys(records: list[Evidence]) -> None:
@@ -193,15 +203,17 @@ def _cost(device: str, tokens: int, seconds: float) -> dict:
 
 # -- decoders --------------------------------------------------------------------------------------
 
-def _measure_decoder(model, golden: GoldenSet, opts: protocol.EvalOptions, corpus_ref=None) -> dict:
+def _measure_decoder(model, golden: GoldenSet, opts: protocol.EvalOptions, ref: GoldenReference,
+                     corpus_ref=None) -> dict:
     runs = protocol.run_generation(model, golden, opts)
-    token_ids = [model.tokenizer.encode(p.input) for p in golden.prompts]
+    token_ids = ref.token_ids  # the reference's tokens: every variant and stack is scored on the same ones
+    assert token_ids is not None
     measured = {"runs": runs,
                 "greedy": protocol.greedy_pass(model, golden, opts),
                 "token_ids": token_ids,
                 "logits": _model_logits(model, token_ids),
                 "logits_kind": _logits_kind(model),
-                "tokenizer": tokenizer_check.probe(model.tokenizer, _tokenizer_texts(golden))}
+                "tokenizer": tokenizer_check.probe(model.tokenizer, tokenizer_check.texts(golden))}
     if corpus_ref is not None:
         measured["corpus"] = _score_corpus(model, corpus_ref, str(opts.corpus_reference))
     return measured
@@ -217,7 +229,7 @@ def _score_corpus(model, ref, reference_file: str) -> dict:
     return {"reference": ref, "reference_file": reference_file, "scored": corpus.score(model, ref)}
 
 
-def _corpus_section(m: dict, reference, opts: protocol.EvalOptions, level: str) -> tuple[dict, Evidence | None]:
+def _corpus_section(m: dict, opts: protocol.EvalOptions, level: str) -> tuple[dict, Evidence | None]:
     """The evaluation's `corpus` object and gate Q1 (None when the corpus could not be scored)."""
     from . import corpus, corpus_gates
 
@@ -231,9 +243,8 @@ def _corpus_section(m: dict, reference, opts: protocol.EvalOptions, level: str) 
         return {**about, "not_measured": m["not_measured"]}, None
     scored = m["scored"]
     summary = corpus.summarize(scored)
-    exact = corpus.log_probs(reference, ref.tokens[0].tolist())
     target = corpus_gates.quality_target(level, opts.quality_target)
-    section = {**about, **summary, "top_k_approximation": corpus.approximation_error(ref, exact, scored.first_logq),
+    section = {**about, **summary, "top_k_approximation": corpus.approximation_error(ref, scored.first_logq),
                "quality_target": target}
     return section, corpus_gates.gate_q1(section, target)
 
@@ -254,32 +265,32 @@ def _model_logits(model, token_ids: list[list[int]]) -> list[torch.Tensor] | Non
     return out
 
 
-def _tokenizer_texts(golden: GoldenSet) -> list[str]:
-    return [p.input for p in golden.prompts] + list(tokenizer_check.EDGE_CASES)
-
-
 # Decoders' top-k agreement is information, not a gate (gates.py says why; T9 is the logit gate).
 TOP_K_ROLE = ("information, not a gate: a fixed 0.1-logit tolerance fails every quantized level; "
               "T9 (mean KLD, same top-1 within the level's limits) gates the next-token distribution")
 
 
-def _compare_decoder(ev: Evaluation, m: dict, reference, golden: GoldenSet, opts: protocol.EvalOptions,
-                     level: str) -> None:
+def _compare_decoder(ev: Evaluation, m: dict, ref: GoldenReference, golden: GoldenSet, opts: protocol.EvalOptions,
+                     level: str, device: str) -> None:
     runs = m["runs"]
-    ref_runs = protocol.run_generation(reference, golden, opts)  # same prompts and seeds: paired runs
-    ref_greedy = protocol.greedy_pass(reference, golden, opts)
-    ref_logits = _prompt_logits(reference, m["token_ids"]) if m["logits"] is not None else None
-    ref_tok = tokenizer_check.probe(reference.tokenizer, _tokenizer_texts(golden))
+    ref_records = golden_reference.reference_runs(ref, golden, opts)  # same prompts and seeds: paired runs
+    ref_greedy = ref.greedy
+    assert ref_greedy is not None and ref.last_top is not None
+    assert ref.topk_ids is not None and ref.topk_logp is not None and ref.next_logp is not None
+    ref_tok = ref.tokenizer
 
     ids = [p.id for p in golden.prompts]
     logits_kind = m.get("logits_kind", "full")
     agreement = kld = None
-    if m["logits"] is not None and ref_logits is not None:  # top logits: top entries, -inf elsewhere
-        agreement = logit_consistency.top_k_consistency(ids, [r[-1] for r in ref_logits],
-                                                        [x[-1] for x in m["logits"]], opts.agreement)
-    if logits_kind == "full" and ref_logits is not None:
-        kld = logit_consistency.kld_summary(logit_consistency.position_stats(ref_logits, m["logits"],
-                                                                             m["token_ids"]))
+    if m["logits"] is not None:  # top logits: top entries, -inf elsewhere
+        agreement = logit_consistency.top_k_consistency(ids, ref.last_top, [x[-1] for x in m["logits"]],
+                                                        opts.agreement)
+    if logits_kind == "full":
+        kld = logit_consistency.kld_summary(logit_consistency.position_stats_topk(
+            [torch.from_numpy(a) for a in ref.topk_ids], [torch.from_numpy(a) for a in ref.topk_logp],
+            [torch.from_numpy(a) for a in ref.next_logp], m["logits"], m["token_ids"]))
+        kld["method"] = (f"teacher-forced on the reference's tokens; KLD over the reference's top-{ref.meta['top_k']} "
+                         "log-probs plus one merged tail bucket (a lower bound of the exact KLD)")
     i1 = {}
     for p, g, r in zip(golden.prompts, m["greedy"], ref_greedy, strict=True):
         i1[p.id] = {**logit_consistency.greedy_identity(g.token_ids, r.token_ids),
@@ -287,12 +298,13 @@ def _compare_decoder(ev: Evaluation, m: dict, reference, golden: GoldenSet, opts
     i5 = tokenizer_check.compare(m["tokenizer"], ref_tok)
     i5["first_generated_token_identical"] = sum(v["first_token_identical"] for v in i1.values())
     hits = accuracy_andon.per_prompt_hits(runs["records"])
-    ref_hits = accuracy_andon.per_prompt_hits(ref_runs["records"])
+    ref_hits = accuracy_andon.per_prompt_hits(ref_records)
     andon = accuracy_andon.accuracy_block(
-        "decoder", runs["accuracy"]["overall"], ref_runs["accuracy"]["overall"],
+        "decoder", runs["accuracy"]["overall"], protocol.accuracy(ref_records, opts.confidence)["overall"],
         [{"id": p.id, "model": hits.get(p.id, 0), "reference": ref_hits.get(p.id, 0), "runs": opts.runs}
          for p in golden.prompts],
-        accuracy_andon.paired_run_outcomes(runs["records"], ref_runs["records"]))
+        accuracy_andon.paired_run_outcomes(runs["records"], ref_records),
+        accuracy_andon.paired_f1(runs["records"], ref_records))
 
     accuracy = runs["accuracy"]
     accuracy["greedy"] = protocol.greedy_accuracy(golden, m["greedy"], opts.confidence)
@@ -308,7 +320,7 @@ def _compare_decoder(ev: Evaluation, m: dict, reference, golden: GoldenSet, opts
                               "top_k_agreement": {**agreement, "role": TOP_K_ROLE} if agreement else None,
                               "kl_divergence": kld},
         "accuracy_andon": andon,
-        "cost": _cost(str(reference.device.type), runs["throughput"]["generated_tokens"],
+        "cost": _cost(device, runs["throughput"]["generated_tokens"],
                       (runs["latency"]["mean"] or 0.0) * runs["latency"]["n"]),
         "invariants": {"I-1": {"level": level, "identical": all(v["identical"] for v in i1.values()),
                                "per_prompt": i1},
@@ -327,7 +339,7 @@ def _compare_decoder(ev: Evaluation, m: dict, reference, golden: GoldenSet, opts
         gates.gate_i5(i5, (i5["first_generated_token_identical"], len(i1)), level),
     ]
     if "corpus" in m:
-        ev.sections["corpus"], q1 = _corpus_section(m["corpus"], reference, opts, level)
+        ev.sections["corpus"], q1 = _corpus_section(m["corpus"], opts, level)
         if q1 is not None:
             ev.gates.append(q1)
 
@@ -356,7 +368,7 @@ def _measure_encoder(model, golden: GoldenSet, opts: protocol.EvalOptions, corpu
     measured = {"texts": texts, "skipped": skipped, "tokens": sum(len(model.tokenizer.encode(t)) for t in texts),
                 "latency": protocol.time_embeddings(model, texts, opts),
                 "embeddings": embeddings,
-                "tokenizer": tokenizer_check.probe(model.tokenizer, _tokenizer_texts(golden))}
+                "tokenizer": tokenizer_check.probe(model.tokenizer, tokenizer_check.texts(golden))}
     if corpus_ref is not None:
         from . import corpus
 
@@ -378,12 +390,15 @@ def _similarity(golden: GoldenSet, texts: list[str], embeddings: torch.Tensor) -
                                           encoder_eval.pair_scores(golden.unrelated_pairs, by_text))
 
 
-def _compare_encoder(ev: Evaluation, m: dict, reference, golden: GoldenSet, opts: protocol.EvalOptions,
-                     level: str) -> None:
+def _compare_encoder(ev: Evaluation, m: dict, ref: GoldenReference, golden: GoldenSet, opts: protocol.EvalOptions,
+                     level: str, device: str) -> None:
     texts, emb = m["texts"], m["embeddings"]
-    ref_emb = reference.embed(texts).float().cpu()
-    _require_finite(ref_emb, "reference embedding")
-    ref_tok = tokenizer_check.probe(reference.tokenizer, _tokenizer_texts(golden))
+    assert ref.embeddings is not None
+    missing = [t for t in texts if t not in ref.embeddings]
+    if missing:
+        raise ValueError(f"the golden reference has no embedding of {len(missing)} text(s), e.g. {missing[0][:40]!r}")
+    ref_emb = torch.from_numpy(np.stack([ref.embeddings[t] for t in texts]))
+    ref_tok = ref.tokenizer
     t1 = gates.gate_t1(len(emb), len(texts))
     consistency = encoder_eval.embedding_consistency(texts, emb, ref_emb)
     min_cosine = opts.min_cosine if opts.min_cosine is not None else encoder_eval.DEFAULT_MIN_COSINE.get(level, 0.99)
@@ -404,7 +419,7 @@ def _compare_encoder(ev: Evaluation, m: dict, reference, golden: GoldenSet, opts
         "similarity": sanity,
         "accuracy_andon": andon,
         **({"corpus": m["corpus"]} if "corpus" in m else {}),
-        "cost": _cost(str(reference.device.type), m["tokens"] * opts.runs, m["latency"]["mean"] * n_runs
+        "cost": _cost(device, m["tokens"] * opts.runs, m["latency"]["mean"] * n_runs
                       if m["latency"]["mean"] else 0.0),
         "invariants": {"I-1": {"level": level, "identical": consistency["max_abs_diff"] == 0.0,
                                "cosine_min": consistency["cosine_min"]},

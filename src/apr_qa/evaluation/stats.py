@@ -33,6 +33,41 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     return (lo, hi)
 
 
+def cluster_interval(values: Sequence[float], sizes: Sequence[int],
+                     confidence: float = 0.95) -> tuple[float, float, float, float] | None:
+    """(mean, se, low, high) of the mean of `values`, which come in consecutive clusters of `sizes` (the
+    positions of one prompt share its context, so they are not independent). The ratio estimator's
+    standard error from the cluster totals, se^2 = n/(n-1) * sum((t_i - mean m_i)^2) / N^2, and a Student-t
+    interval with n - 1 degrees of freedom (n clusters). None below two clusters."""
+    from scipy.stats import t
+
+    if sum(sizes) != len(values):
+        raise ValueError(f"cluster sizes sum to {sum(sizes)}, not the {len(values)} values")
+    sizes = [m for m in sizes if m > 0]
+    n, total = len(sizes), len(values)
+    if n < 2:
+        return None
+    m = math.fsum(values) / total
+    residuals, start = [], 0
+    for size in sizes:
+        residuals.append(math.fsum(values[start:start + size]) - m * size)
+        start += size
+    se = math.sqrt(n / (n - 1) * math.fsum(r * r for r in residuals)) / total
+    half = float(t.ppf(0.5 + confidence / 2, n - 1)) * se
+    return (m, se, m - half, m + half)
+
+
+def geometric_interval(values: Sequence[float], confidence: float = 0.95,
+                       floor: float = 1e-12) -> tuple[float, float] | None:
+    """Student-t interval of the geometric mean of positive values (the t interval of their logs,
+    exponentiated; values below `floor` count as `floor`). For a heavy-tailed non-negative statistic,
+    such as one prompt's mean KLD, the arithmetic interval's lower end can fall below zero while every
+    value is large; this bound describes the typical value instead. None below two values."""
+    logs = [math.log(max(v, floor)) for v in values]
+    interval = t_interval(logs, confidence)
+    return None if interval is None else (math.exp(interval[0]), math.exp(interval[1]))
+
+
 def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float] | None:
     """Student-t interval for the mean: mean +- t(n-1) * s / sqrt(n). None below two samples."""
     from scipy.stats import t

@@ -31,6 +31,11 @@ EDGE_CASES = (
 )
 
 
+def texts(golden) -> list[str]:
+    """What the probe tokenizes: the golden inputs and the edge cases."""
+    return [p.input for p in golden.prompts] + list(EDGE_CASES)
+
+
 def probe(tokenizer, texts: Sequence[str]) -> list[dict]:
     """Per text: ids with the tokenizer's special tokens, ids without, and the decoded text."""
     out = []

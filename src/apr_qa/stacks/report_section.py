@@ -58,7 +58,9 @@ def differential_blocks(records: list[dict[str, Any]]) -> list[tuple]:
             ("p", "Each variant on every configured stack, scored against the same float32 reference, and each "
                   "stack's per-token logits against builtin's on identical weights and tokens (KL(builtin || "
                   f"stack), same top-1). Gate {GATE_ID} (warn) flags a stack beyond mean KLD {MAX_MEAN_KLD} or "
-                  f"same top-1 {100 * MIN_SAME_TOP1:.0f} % (docs/stacks.md: the calibration)."),
+                  f"same top-1 {100 * MIN_SAME_TOP1:.0f} % (docs/stacks.md: the calibration). With a tier, each "
+                  "stack's own certification (gateways, MQS, status) is in the Certification table, beside "
+                  "builtin's."),
             ("table", ["model", "variant", "stack", "greedy accuracy", "prefill tok/s", "decode tok/s",
                        "KLD vs reference",
                        "top-1 vs reference", "KLD vs builtin", "top-1 vs builtin", GATE_ID], rows),

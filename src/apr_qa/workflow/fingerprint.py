@@ -44,6 +44,8 @@ STAGES: dict[str, tuple[list[str], list[str], bool]] = {
                  ["torch", "numpy", "tokenizers", "gguf", "safetensors", "pyyaml", "scipy"], True),
     "corpus": (["runtime/", "evaluation/", "commands/evaluate.py", "yamlsafe.py", *READERS, *CORE],
                ["torch", "numpy", "tokenizers", "gguf", "safetensors", "pyyaml", "scipy"], False),
+    "golden": (["runtime/", "evaluation/", "commands/evaluate.py", *READERS, *CORE],
+               ["torch", "numpy", "tokenizers", "gguf", "safetensors", "pyyaml", "scipy"], False),
     "oracle": (["runtime/", "evaluation/oracle.py", "evaluation/prompts.py", "commands/oracle.py", *READERS, *CORE],
                ["torch", "transformers", "tokenizers", "gguf", "safetensors"], False),
     "diff": (["stacks/differential.py", "stacks/logits_file.py", "commands/stacks.py",

@@ -117,7 +117,9 @@ def _board(results: Path, models: list[str], variants: list[str], prompts: Path 
                        "failed scenarios", "blocking gate / reason"], table)]
 
     out += [("h2", "Metrics"), ("p", "Intervals are 95 % (Wilson for proportions, Student t for means). "
-             "Accuracy: seeded sampling runs (and the greedy pass); logit consistency against the source "
+             "Accuracy: seeded sampling runs matching the expected pattern (exact match; and the greedy pass); "
+             "F1: their mean token F1 against the prompts' reference answers (SQuAD's definition, best leading "
+             "span; '-' where the golden set has none); logit consistency against the source "
              "weights at fp32: top-k agreement rate (encoders: min embedding cosine), llama.cpp-style "
              "mean KLD +- SE, same top-1 rate, RMS of the reference token's probability change.")]
     table = []
@@ -129,14 +131,15 @@ def _board(results: Path, models: list[str], variants: list[str], prompts: Path 
         table.append([
             r["model"], r["variant"], _num(r["_size"] / 1e6 if r["_size"] else None, ".1f"),
             _num(c.get("seconds"), ".1f"), _num(c.get("param_count"), ","),
-            _with_ci(_get(e, "accuracy", "overall")), _num(_get(e, "accuracy", "greedy", "value")),
+            _with_ci(_get(e, "accuracy", "overall")), _with_ci(_get(e, "accuracy", "f1")),
+            _num(_get(e, "accuracy", "greedy", "value")),
             _with_ci(e.get("latency")), _with_ci(_get(e, "throughput", "decode_tokens_per_s")),
             _num(lc.get("agreement_rate", lc.get("cosine_min"))),
             f"{kld['mean']:.3g} +- {kld['se']:.2g}" if "mean" in kld else "-",
             _num(_get(kl, "same_top1", "rate")), _num(_get(kl, "delta_p", "rms")),
             _num(_get(e, "memory", "peak_bytes") and _get(e, "memory", "peak_bytes") / 2**20, ".0f"),
         ])
-    out += [("table", ["model", "variant", "size MB", "convert s", "params", "accuracy", "greedy acc",
+    out += [("table", ["model", "variant", "size MB", "convert s", "params", "accuracy", "F1", "greedy acc",
                        "latency s", "decode tok/s", "top-k agreement / cos min", "mean KLD", "same top-1",
                        "RMS dp", "peak MiB"], table)]
 
@@ -157,17 +160,21 @@ def _board(results: Path, models: list[str], variants: list[str], prompts: Path 
 
 def _oracle_blocks(results: Path, models: list[str]) -> list[Block]:
     """Our runtime vs transformers on each source (apr-qa oracle), when the workflow ran it."""
-    records = {m: read_json(path(results, "oracle", model=m)) for m in models}
+    records = {m: read_json(path(results, "oracle", model=m)) or read_json(path(results, "oracle_failure", model=m))
+               for m in models}
     rows = [[m, r.get("compared", "-"), _num(r.get("max_relative_diff")), _num(r.get("relative_limit")),
-             "RED: runtime disagrees" if r.get("passed") is False else r.get("status", "-"),
+             "RED: runtime disagrees (O1 failed)" if r.get("passed") is False
+             else "NOT VERIFIED: transformers cannot load it" if r.get("status") == "unsupported"
+             else r.get("status", "-"),
              r.get("verdict") or r.get("reason", "")]
             for m, r in records.items() if r]
     if not rows:
         return []
-    return [("h2", "Runtime oracle"),
+    return [("h2", "Runtime oracle (gate O1)"),
             ("p", "Our fp32 runtime against HuggingFace transformers on each source's weights (max |diff| "
-                  "relative to the reference's value range). A failure means the runtime is wrong and every "
-                  "evaluation above is suspect."),
+                  "relative to the reference's value range, at most 1e-4). The runtime computes every reference, "
+                  "so a model whose O1 fails gets no reference and no evaluation; a model transformers cannot "
+                  "load is evaluated, marked not verified."),
             ("table", ["model", "compared", "max relative diff", "limit", "status", "verdict"], rows)]
 
 
@@ -195,71 +202,122 @@ def _tail(results: Path, models: list[str], variants: list[str], prompts: Path |
     return out
 
 
-def _certifications(results: Path, models: list[str]) -> dict[str, tuple[dict[str, Any], list]]:
-    """Each model's certification (context, records), for those that have one."""
+def _read_certification(file: Path) -> tuple[dict[str, Any], list] | None:
     from ..certify.pipeline import load_records
 
+    if not file.exists():
+        return None
+    try:
+        ctx, records = load_records(file)
+    except AprQaError:
+        return None
+    return (ctx, records) if "mqs" in ctx else None
+
+
+def _certifications(results: Path, models: list[str]) -> dict[str, tuple[dict[str, Any], list]]:
+    """Each model's certification (context, records), for those that have one."""
     out = {}
     for model in models:
-        file = path(results, "certification", model=model)
-        if file.exists():
-            try:
-                ctx, records = load_records(file)
-            except AprQaError:
-                continue
-            if "mqs" in ctx:
-                out[model] = (ctx, records)
+        if (cert := _read_certification(path(results, "certification", model=model))) is not None:
+            out[model] = cert
+    return out
+
+
+def _stack_certifications(results: Path, models: list[str]) -> dict[str, dict[str, tuple[dict[str, Any], list]]]:
+    """Each model's certifications on the other stacks (docs/stacks.md), by stack name."""
+    out: dict[str, dict[str, tuple[dict[str, Any], list]]] = {}
+    for model in models:
+        folder = path(results, "stack_certification", model=model, stack="-").parent
+        for file in sorted(folder.glob("*.json")):
+            if (cert := _read_certification(file)) is not None:
+                out.setdefault(model, {})[file.stem] = cert
     return out
 
 
 MAX_WHYS_PER_MODEL = 100  # the rest stay in the evidence file and junit.xml
 
 
-def _certification_blocks(results: Path, models: list[str], certs: dict, out_dir: Path) -> list[Block]:
-    from ..certify.mqs import GATEWAYS, category_label, category_of, outcome_of
+def _failed_scenarios(records: list) -> str:
+    """"N: id, id, ..." of a certification's failed, crashed or timed-out scenarios, or "-"."""
+    from ..certify.mqs import outcome_of
+    from .report_sections import MAX_SCENARIO_IDS
 
+    failed = [r.id for r in records if "scenario" in r.details and outcome_of(r) in ("fail", "crash", "timeout")]
+    if not failed:
+        return "-"
+    more = f" (+{len(failed) - MAX_SCENARIO_IDS} more)" if len(failed) > MAX_SCENARIO_IDS else ""
+    return f"{len(failed)}: {', '.join(failed[:MAX_SCENARIO_IDS])}{more}"
+
+
+def _certification_row(model: str, stack: str, ctx: dict[str, Any], records: list) -> list[Any]:
+    from ..certify.mqs import GATEWAYS, NOT_APPLICABLE, category_label
+
+    mqs = ctx["mqs"]
+    if mqs["status"] == NOT_APPLICABLE:
+        return [model, ctx["subject"], stack, ctx.get("tier"), "-", "-", "-", mqs["status"],
+                *("-" for _ in GATEWAYS), "-", "-", str(ctx.get("not_applicable") or "-").replace("|", "/")]
+    gws = {g["id"]: g for g in mqs["gateways"]}
+    reason = "; ".join(f"{g['id']}: {g['reason']}" for g in mqs["gateways"] if not g["passed"])
+    if not reason and not ctx.get("tier_passed"):
+        reason = f"MQS {mqs['raw']} below the tier's {ctx.get('pass_threshold')}"
+    categories = ", ".join(f"{k} {category_label(c)}" for k, c in mqs["categories"].items())
+    return [model, ctx["subject"], stack, ctx.get("tier"), mqs["raw"], f"{mqs['normalized']:.1f}", mqs["grade"],
+            mqs["status"], *("pass" if gws.get(g, {}).get("passed") else "FAIL" for g in GATEWAYS),
+            _failed_scenarios(records), categories, reason[:300].replace("|", "/") or "-"]
+
+
+def _certification_blocks(results: Path, models: list[str], certs: dict, out_dir: Path) -> list[Block]:
+    """The certification table (one row per model and stack: builtin's, then each other stack's beside
+    it) and the Five Whys of every failure."""
+    from ..certify.mqs import GATEWAYS, NOT_APPLICABLE, category_of, outcome_of
+
+    stack_certs = _stack_certifications(results, models)
     out: list[Block] = [("h2", "Certification"),
                         ("p", "MQS raw 0-1000 over six categories; any failed gateway (G0-G4) zeroes it. A category "
                               "the tier did not test is not measured: left out, with the measured categories' "
                               "weights scaled to the 1000 points. Normalized = 100 log(1 + 9x) / log 10. "
-                              "Registry: `models.csv`; CI: `junit.xml`.")]
+                              "Registry: `models.csv`; CI: `junit.xml`."),
+                        ("p", "Each stack is certified in its own right (docs/stacks.md): the same tier playbook's "
+                              "scenarios run on that stack, scored with the artifact's download and validation "
+                              "evidence (shared) and the stack's own evaluations. builtin is our runtime; "
+                              "NOT_APPLICABLE: the stack does not run the model (an encoder on a decoder-only "
+                              "stack).")]
     table = []
     for model in models:
         if model not in certs:
             m = read_json(path(results, "manifest", model=model)) or {}
             status = "SKIPPED" if m.get("status") == "skipped" else "PENDING"
-            table.append([model, m.get("repo", "-"), "-", "-", "-", "-", status, *("-" for _ in GATEWAYS), "-",
-                          m.get("skip_reason") or "not certified in this run"])
-            continue
-        ctx, _ = certs[model]
-        mqs = ctx["mqs"]
-        gws = {g["id"]: g for g in mqs["gateways"]}
-        reason = "; ".join(f"{g['id']}: {g['reason']}" for g in mqs["gateways"] if not g["passed"])
-        if not reason and not ctx.get("tier_passed"):
-            reason = f"MQS {mqs['raw']} below the tier's {ctx.get('pass_threshold')}"
-        categories = ", ".join(f"{k} {category_label(c)}" for k, c in mqs["categories"].items())
-        table.append([model, ctx["subject"], ctx.get("tier"), mqs["raw"], f"{mqs['normalized']:.1f}", mqs["grade"],
-                      mqs["status"], *("pass" if gws.get(g, {}).get("passed") else "FAIL" for g in GATEWAYS),
-                      categories, reason[:300].replace("|", "/") or "-"])
-    statuses = [row[6] for row in table]
-    verdict = "RED" if "BLOCKED" in statuses else "GREEN" if set(statuses) <= {"CERTIFIED"} else "YELLOW"
+            table.append([model, m.get("repo", "-"), "builtin", "-", "-", "-", "-", status, *("-" for _ in GATEWAYS),
+                          "-", "-", m.get("skip_reason") or "not certified in this run"])
+        else:
+            table.append(_certification_row(model, "builtin", *certs[model]))
+        for stack, (ctx, records) in stack_certs.get(model, {}).items():
+            table.append(_certification_row(model, stack, ctx, records))
+    statuses = [row[7] for row in table]
+    judged = set(statuses) - {NOT_APPLICABLE}
+    verdict = "RED" if "BLOCKED" in judged else "GREEN" if judged <= {"CERTIFIED"} else "YELLOW"
     out += [("p", f"Certification: **{verdict}** - " + ", ".join(
-        f"{statuses.count(k)} {k.lower()}" for k in ("CERTIFIED", "PROVISIONAL", "BLOCKED", "PENDING", "SKIPPED")
-        if statuses.count(k)) + " (the board above shows the stage gates per variant)")]
-    out += [("table", ["model", "model id", "tier", "MQS raw", "MQS norm", "grade", "status", *GATEWAYS,
-                       "MQS categories", "blocking reason"], table)]
+        f"{statuses.count(k)} {k.lower()}" for k in ("CERTIFIED", "PROVISIONAL", "BLOCKED", "PENDING", "SKIPPED",
+                                                     NOT_APPLICABLE)
+        if statuses.count(k)) + " (the board above shows the stage gates per variant, on builtin)")]
+    out += [("table", ["model", "model id", "stack", "tier", "MQS raw", "MQS norm", "grade", "status", *GATEWAYS,
+                       "failed scenarios", "MQS categories", "blocking reason"], table)]
 
     # the Pareto frontier comes from the evaluations, tier or not (certify.andon_blocks.pareto_blocks)
-
 
     out += [("h2", "Failures and their Five Whys"),
             ("p", "Every failed gate, gateway and scenario of the certifications, with its root-cause chain "
                   "derived from the evidence.")]
-    for model, (ctx, records) in certs.items():
+    every = [(model, "builtin", ctx, records, path(results, "certification", model=model))
+             for model, (ctx, records) in certs.items()]
+    every += [(model, stack, ctx, records, path(results, "stack_certification", model=model, stack=stack))
+              for model, by_stack in stack_certs.items() for stack, (ctx, records) in by_stack.items()]
+    for model, stack, ctx, records, file in every:
         failed = [r for r in records if not r.passed and outcome_of(r) != "skip"]
         if not failed:
             continue
-        out += [("h3", f"{model} ({ctx['subject']}): {len(failed)} failures")]
+        on = "" if stack == "builtin" else f" on stack {stack}"
+        out += [("h3", f"{model} ({ctx['subject']}){on}: {len(failed)} failures")]
         items = []
         for r in failed[:MAX_WHYS_PER_MODEL]:
             fw = r.details.get("five_whys") or {}
@@ -272,8 +330,7 @@ def _certification_blocks(results: Path, models: list[str], certs: dict, out_dir
             items.append((head, subs))
         out += [("list", items)]
         if len(failed) > MAX_WHYS_PER_MODEL:
-            out += [("p", f"... and {len(failed) - MAX_WHYS_PER_MODEL} more in "
-                          f"`{path(results, 'certification', model=model)}`")]
+            out += [("p", f"... and {len(failed) - MAX_WHYS_PER_MODEL} more in `{file}`")]
     return out
 
 
@@ -287,7 +344,7 @@ def render_blocks(results: Path, models: list[str], variants: list[str], prompts
     blocks += figure_blocks(rows, out_dir)
     blocks += corpus_blocks(results, models, variants, out_dir)
     certs = _certifications(results, models)
-    if certs:
+    if certs or _stack_certifications(results, models):
         blocks += _certification_blocks(results, models, certs, out_dir)
     blocks += differential_blocks(read_differentials(results, models, variants))  # stacks (docs/stacks.md)
     blocks += detail_blocks(results, rows, out_dir)

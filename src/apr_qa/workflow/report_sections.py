@@ -197,12 +197,16 @@ def _metrics(row: dict[str, Any]) -> list[list[Any]]:
     e = row["_eval"]
     kl = (e.get("logit_consistency") or {}).get("kl_divergence") or {}
     andon = e.get("accuracy_andon") or {}
+    f1 = andon.get("f1")
     lat = e.get("latency") or {}
     pairs = [
         ("size", f"{row['_size'] / 1e6:.2f} MB" if row.get("_size") else None),
         ("accuracy (variant / reference)", f"{(andon.get('model') or {}).get('value')} / "
                                            f"{(andon.get('reference') or {}).get('value')}" if andon else None),
-        ("accuracy band", andon.get("band")),
+        ("token F1 (variant / reference)", f"{f1['model']['mean']} / {f1['reference']['mean']}" if f1 else None),
+        ("token F1 degradation (points, 95 % interval)",
+         f"{f1['degradation_points']} {f1['degradation_ci95']}" if f1 else None),
+        ("accuracy band (exact match and F1)" if f1 else "accuracy band", andon.get("band")),
         ("mean KLD", (kl.get("kld") or {}).get("mean")),
         ("same top-1 rate", (kl.get("same_top1") or {}).get("rate")),
         ("latency mean / p50 / max (s)",
