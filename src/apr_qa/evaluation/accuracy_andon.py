@@ -25,7 +25,8 @@ for paired proportions) would be too narrow where a whole prompt flips, and too 
 at 0 of 45 discordant) where nothing changed; (3) with a handful of prompts the t quantile (2.31 at
 9 prompts) keeps the interval honest where a bootstrap over 9 prompts would be too narrow; (4) it is
 closed-form and deterministic. Its half-width is the measurement's resolution: at golden-v1's size
-one lost run already gives [-2.9, +7.3] points.
+one lost run already gives [-2.9, +7.3] points; at golden-v2's (110 prompts x 3 runs, the default
+workflow) [-0.3, +0.9].
 
 T7 (warn) passes when the interval's upper end is at most 5 points; T8 (fail) fails when its lower end
 is above 10 points. An interval that spans a limit is inconclusive: a yellow warning that says so with

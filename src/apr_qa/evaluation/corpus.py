@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..errors import AprQaError, FormatError
-from ..fsutil import atomic_path
+from ..fsutil import write_npz
 from . import stats
 from .corpus_text import Corpus, sentences, token_chunks
 from .logit_consistency import topk_kld
@@ -132,8 +132,7 @@ def write_reference(ref: Reference, path: str | Path) -> None:
         arrays["exact_logp"] = ref.exact_logp
     if ref.kind == "encoder":
         arrays.update(texts=np.array(ref.texts, dtype=np.str_), embeddings=ref.embeddings)
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(fh, **arrays)
+    write_npz(path, arrays)
 
 
 def read_reference(path: str | Path) -> Reference:

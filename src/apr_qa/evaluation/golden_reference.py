@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import AprQaError, FormatError
-from ..fsutil import atomic_path
+from ..fsutil import write_npz
 from . import protocol, tokenizer_check
 from .prompts import GoldenSet
 
@@ -51,7 +51,7 @@ class Greedy:
 class GoldenReference:
     meta: dict[str, Any]                       # format, kind, prompts_sha256, options, model (describe_weights)
     tokenizer: list[dict]                      # tokenizer_check.probe of the reference
-    runs: dict[str, Any] | None = None         # decoders: protocol.run_generation of the reference
+    runs: dict[str, Any] | None = None         # decoders: protocol.run_generation's "records" of the reference
     greedy: list[Greedy] | None = None         # one greedy generation of greedy_tokens per prompt (I-1)
     greedy_runs: list[Greedy] | None = None    # one of max_new_tokens per prompt: a greedy stack's runs
     token_ids: list[list[int]] | None = None   # per prompt, the reference tokenizer's ids
@@ -176,7 +176,10 @@ def _a(kind: str) -> str:
 def write(ref: GoldenReference, path: str | Path) -> None:
     """One .npz: `meta` (JSON: options, runs, greedy, tokenizer probe, token ids), the per-position arrays
     concatenated over prompts (`lengths` splits them), encoders' embeddings keyed by `texts`."""
-    doc = {"meta": ref.meta, "tokenizer": ref.tokenizer, "runs": ref.runs,
+    # the runs' records only: their timings belong to the reference's machine, and the file stays
+    # byte-identical when rebuilt from the same weights
+    runs = {"records": ref.runs["records"]} if ref.runs is not None else None
+    doc = {"meta": ref.meta, "tokenizer": ref.tokenizer, "runs": runs,
            "greedy": [g.__dict__ for g in ref.greedy] if ref.greedy is not None else None,
            "greedy_runs": [g.__dict__ for g in ref.greedy_runs] if ref.greedy_runs is not None else None,
            "token_ids": ref.token_ids, "last_top": ref.last_top}
@@ -190,8 +193,7 @@ def write(ref: GoldenReference, path: str | Path) -> None:
         assert ref.embeddings is not None
         arrays.update(texts=np.array(list(ref.embeddings), dtype=np.str_),
                       embeddings=np.stack(list(ref.embeddings.values())))
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(fh, **arrays)
+    write_npz(path, arrays)
 
 
 def read(path: str | Path) -> GoldenReference:
