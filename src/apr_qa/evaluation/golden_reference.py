@@ -102,8 +102,9 @@ def build(model, golden: GoldenSet, opts: protocol.EvalOptions, about: dict[str,
         _require_finite(vectors, "reference embedding")
         return GoldenReference(meta, probe, embeddings=dict(zip(texts, vectors.numpy(), strict=True)))
     runs = protocol.run_generation(model, golden, opts)
-    greedy = _greedy(model, golden, opts.greedy_tokens)
-    greedy_runs = greedy if opts.max_new_tokens == opts.greedy_tokens else _greedy(model, golden, opts.max_new_tokens)
+    greedy = _greedy(protocol.greedy_pass(model, golden, opts))
+    greedy_runs = (greedy if opts.max_new_tokens == opts.greedy_tokens
+                   else _greedy(protocol.greedy_pass(model, golden, opts, opts.max_new_tokens)))
     ref = GoldenReference({**meta, "top_k": top_k, "last_top": LAST_TOP}, probe, runs, greedy, greedy_runs,
                           [model.tokenizer.encode(p.input) for p in golden.prompts], [], [], [], [])
     for ids in ref.token_ids or []:
@@ -122,9 +123,8 @@ def build(model, golden: GoldenSet, opts: protocol.EvalOptions, about: dict[str,
     return ref
 
 
-def _greedy(model, golden: GoldenSet, tokens: int) -> list[Greedy]:
-    gens = (model.generate([p.input], tokens, temperature=0.0, stop_on_eos=True)[0] for p in golden.prompts)
-    return [Greedy(list(g.token_ids), g.text, g.finish_reason, len(g.prompt_ids)) for g in gens]
+def _greedy(generations) -> list[Greedy]:
+    return [Greedy(list(g.token_ids), g.text, g.finish_reason, len(g.prompt_ids)) for g in generations]
 
 
 def _require_finite(t: torch.Tensor, what: str) -> None:

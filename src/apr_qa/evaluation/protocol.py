@@ -130,10 +130,11 @@ def f1_summary(records: list[dict], confidence: float = 0.95) -> dict | None:
             "by_category": {c: summary(v) for c, v in sorted(by_category.items())}}
 
 
-def greedy_pass(model, golden: GoldenSet, opts: EvalOptions) -> list:
-    """One greedy generation per prompt (the I-1 comparison and the greedy accuracy)."""
-    return [model.generate([p.input], opts.greedy_tokens, temperature=0.0, stop_on_eos=True)[0]
-            for p in golden.prompts]
+def greedy_pass(model, golden: GoldenSet, opts: EvalOptions, tokens: int | None = None) -> list:
+    """One greedy generation per prompt of `tokens` (default: greedy_tokens; the I-1 comparison and the
+    greedy accuracy)."""
+    n = opts.greedy_tokens if tokens is None else tokens
+    return [model.generate([p.input], n, temperature=0.0, stop_on_eos=True)[0] for p in golden.prompts]
 
 
 def greedy_accuracy(golden: GoldenSet, generations: list, confidence: float = 0.95) -> dict:
