@@ -23,6 +23,7 @@ from apr_qa.evaluation import accuracy_andon, conversion_limits, gates, protocol
 from apr_qa.evidence import worst_level
 from apr_qa.evaluation.prompts import load_golden
 from apr_qa.evaluation.runner import evaluate
+from apr_edit import broken_block_scale, transposed_projections
 
 N_PROMPTS = 16  # one lost prompt = 6.25 points: inside the yellow band (5, 10]
 OPTS = dict(runs=1, max_new_tokens=6, greedy_tokens=6)
@@ -333,36 +334,6 @@ def peaked(tmp_path_factory, tiny_llama):
     return {"source": src, "golden": load_golden(golden_path), **variants}
 
 
-def _broken_block_scale(apr: Path):
-    """Every Q8_0 block's f16 scale 4x too large (a quantizer writing the wrong scale)."""
-    import numpy as np
-
-    from apr_qa.dtypes import DType
-
-    def edit(meta, plan, payloads):
-        for e in plan:
-            if e.dtype == DType.Q8_0:
-                blocks = payloads[e.name].view(np.uint8).reshape(-1, 34)
-                blocks[:, :2] = (blocks[:, :2].copy().view(np.float16) * np.float16(4.0)).view(np.uint8)
-    return edit
-
-
-def _transposed_projections(apr: Path):
-    """q_proj and o_proj stored transposed (a wrong-layout conversion; square here, so shapes still match)."""
-    import numpy as np
-    from apr_edit import restore_as
-
-    from apr_qa.apr import AprReader
-    from apr_qa.dtypes import DType
-
-    def edit(meta, plan, payloads):
-        with AprReader(apr) as reader:
-            for e in [e for e in plan if e.name.endswith(("q_proj.weight", "o_proj.weight"))]:
-                values = reader.load(e.name)
-                restore_as(DType.Q8_0, e.name, values.shape, np.ascontiguousarray(values.T), plan, payloads)
-    return edit
-
-
 @pytest.mark.parametrize("level", ["q8_0", "q4_k"])
 def test_healthy_quantized_board_is_green(peaked, level):
     """A correct quantizer on a model with wide top-1 margins: every gate passes. T5's old top-k agreement
@@ -382,7 +353,7 @@ def test_healthy_quantized_board_is_green(peaked, level):
     assert andon["band"] == "green"
 
 
-@pytest.mark.parametrize("defect, verdict_", [(_broken_block_scale, "fail"), (_transposed_projections, "inconclusive")])
+@pytest.mark.parametrize("defect, verdict_", [(broken_block_scale, "fail"), (transposed_projections, "inconclusive")])
 def test_broken_q8_0_is_never_green(peaked, defect, verdict_, tmp_path):
     """A wrong block scale diverges on every prompt: T9 fails (red). Transposed projections diverge on a
     few of the 9 prompts only (the peaked model's embeddings dominate the others), so the typical prompt

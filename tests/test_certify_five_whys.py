@@ -70,3 +70,33 @@ def test_d4_t4_and_generic():
     chain = analyze(other)
     assert "measured 3.5, threshold 2.0" in chain.whys[0] and "too slow" in chain.whys[0]
     assert "3.5" in chain.root_cause and "2.0" in chain.root_cause
+
+
+def test_inconclusive_gates_say_how_much_more_to_measure():
+    """An undecided T7 or Q1 (the interval spans the limit) gets a chain of its own: the interval, its
+    resolution, about how many items would decide it, and what to run; a decided one keeps its rule."""
+    from apr_qa.evaluation import accuracy_andon, corpus_gates, gates
+
+    # 9 prompts x 5 seeded runs; the variant loses two runs on two prompts: 4.4 points, interval spans 5
+    items = [{"id": f"p{i}", "reference": 3, "model": 3 - (i < 2), "runs": 5} for i in range(9)]
+    block = accuracy_andon.accuracy_block("decoder", {"value": 25 / 45}, {"value": 27 / 45}, items,
+                                          {"pairs": 45, "lost": 2, "gained": 0})
+    t7 = gates.gate_t7_accuracy(block)
+    assert t7.details["verdict"] == "inconclusive" and t7.message.startswith("inconclusive")
+    chain = analyze(t7)
+    assert "spans the 5-point limit" in chain.whys[1]
+    needed = int(chain.whys[2].split("about ")[1].split(" ")[0])
+    half, distance = t7.measured["resolution_points"], 5.0 - t7.measured["degradation_points"]
+    assert needed > 45 and abs(needed - 45 * (half / distance) ** 2) <= 1
+    assert "golden-v2" in chain.countermeasure and "too few golden prompts" in chain.root_cause
+
+    ratio = {"value": 0.985, "ci_low": 0.975, "ci_high": 0.995, "accuracy": 0.394, "accuracy_reference": 0.4,
+             "resolution": 0.01}
+    q1 = corpus_gates.gate_q1({"next_token_accuracy": ratio, "tokens_scored": 4096, "name": "wiki-en-v1"}, 0.99)
+    chain = analyze(q1)
+    assert q1.details["verdict"] == "inconclusive" and "spans the target 0.99" in chain.whys[1]
+    assert "about 16384 would decide it (now 4096)" in chain.whys[2] and "corpus.tokens" in chain.countermeasure
+
+    failed = corpus_gates.gate_q1({"next_token_accuracy": {**ratio, "ci_high": 0.98}, "tokens_scored": 4096,
+                                   "name": "wiki-en-v1"}, 0.99)
+    assert failed.details["verdict"] == "fail" and "would decide" not in " ".join(analyze(failed).whys)

@@ -19,6 +19,7 @@ from apr_qa.convert import convert
 from apr_qa.errors import AprQaError, FormatError
 from apr_qa.evaluation import corpus, corpus_gates, verdict
 from apr_qa.evaluation.corpus_text import articles_digest, load_corpus, token_chunks
+from apr_edit import broken_block_scale, rewrite
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFINITION = ROOT / "config" / "corpus" / "wiki-en-v1.yaml"
@@ -241,8 +242,6 @@ def test_encoders_compare_corpus_embeddings_with_the_reference(tiny_bert, tmp_pa
 def test_smollm2_broken_variant_fails_q1_and_a_small_corpus_cannot_pass(smollm2_derived, tmp_path):
     """On real text a healthy q8_0 agrees with the reference, but 4 windows cannot show 99 % of its
     accuracy (inconclusive, never green); a q8_0 whose block scales are 4x too large fails Q1 outright."""
-    from apr_edit import rewrite
-    from test_accuracy_andon import _broken_block_scale
 
     reference = _reference(smollm2_derived, tmp_path / "ref.npz", tokens=4 * 63, n_ctx=128)
     q8 = tmp_path / "smollm2.q8_0.apr"
@@ -253,7 +252,7 @@ def test_smollm2_broken_variant_fails_q1_and_a_small_corpus_cannot_pass(smollm2_
     assert c["top_k_approximation"]["relative_error_of_mean"] < 0.2
     q1 = next(g for g in healthy["gates"] if g["id"] == "Q1")
     assert q1["details"]["verdict"] == "inconclusive" and q1["level"] == "warn"
-    broken = rewrite(q8, tmp_path / "broken.q8_0.apr", _broken_block_scale(q8))
+    broken = rewrite(q8, tmp_path / "broken.q8_0.apr", broken_block_scale(q8))
     report = _eval(broken, smollm2_derived, reference, tmp_path / "broken.json")
     q1 = next(g for g in report["gates"] if g["id"] == "Q1")
     assert q1["details"]["verdict"] == "fail" and q1["level"] == "fail" and not q1["passed"]

@@ -34,3 +34,23 @@ def restore_as(dtype: DType, name: str, shape: tuple, values: np.ndarray, plan, 
         if e.name == name:
             plan[i] = TensorEntry(name, dtype, tuple(shape))
     payloads[name] = quantize(dtype, values.astype(np.float32))
+
+
+def broken_block_scale(apr: Path):
+    """Every Q8_0 block's f16 scale 4x too large (a quantizer writing the wrong scale)."""
+    def edit(meta, plan, payloads):
+        for e in plan:
+            if e.dtype == DType.Q8_0:
+                blocks = payloads[e.name].view(np.uint8).reshape(-1, 34)
+                blocks[:, :2] = (blocks[:, :2].copy().view(np.float16) * np.float16(4.0)).view(np.uint8)
+    return edit
+
+
+def transposed_projections(apr: Path):
+    """q_proj and o_proj stored transposed (a wrong-layout conversion; square here, so shapes still match)."""
+    def edit(meta, plan, payloads):
+        with AprReader(apr) as reader:
+            for e in [e for e in plan if e.name.endswith(("q_proj.weight", "o_proj.weight"))]:
+                values = reader.load(e.name)
+                restore_as(DType.Q8_0, e.name, values.shape, np.ascontiguousarray(values.T), plan, payloads)
+    return edit

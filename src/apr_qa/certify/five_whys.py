@@ -8,11 +8,13 @@ generic chain that still quotes the record's measured value and threshold.
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from collections.abc import Callable
 
+from ..evaluation import accuracy_andon
 from ..evidence import Evidence
 
 
@@ -270,6 +272,58 @@ def _slow(r: Evidence, ctx: Context) -> FiveWhys:
                     "use a closer mirror (hub.endpoint) or pre-fill the HF cache")
 
 
+def _scale_needed(n: float | None, half_width: float | None, distance: float) -> str:
+    """How many items would resolve the interval, were the point estimate to hold: a 95 % interval's
+    half-width shrinks as 1/sqrt(n), so it clears the limit at about n x (half-width / distance)^2."""
+    if not n or not half_width:
+        return ""
+    if distance <= 0:
+        return "; the estimate sits on the limit itself, so no sample size decides it"
+    return f"; at this estimate about {math.ceil(n * (half_width / distance) ** 2)} would decide it (now {n:g})"
+
+
+def _inconclusive(r: Evidence, ctx: Context) -> FiveWhys:
+    """A gate whose 95 % interval spans its limit (evaluation/verdict.py): the data cannot decide, so the
+    chain says by how much the interval misses and what measuring more would take."""
+    m = r.measured if isinstance(r.measured, dict) else {}
+    whys = _first(_symptom(r))
+    if r.id in ("T7", "T8"):
+        limit = accuracy_andon.WARN_POINTS if r.id == "T7" else accuracy_andon.FAIL_POINTS
+        runs = (r.details.get("paired_runs") or {}).get("pairs")
+        whys.append(f"the paired degradation {m.get('degradation_points')} points has the 95 % interval "
+                    f"[{m.get('ci_low')}, {m.get('ci_high')}]: it spans the {limit:g}-point limit")
+        whys.append(f"its resolution is +-{m.get('resolution_points')} points over {runs or 'the'} paired runs"
+                    + _scale_needed(runs, m.get("resolution_points"),
+                                    abs((m.get("degradation_points") or 0.0) - limit)))
+        root = "too few golden prompts (or runs per prompt) to resolve a band this narrow"
+        fix = ("evaluate on golden-v2 (110 prompts with reference answers: --configfile config/config.yaml "
+               "config/golden-v2.yaml) or raise evaluation.runs")
+    elif r.id == "Q1":
+        target = r.details.get("target")
+        whys.append(f"the variant's corpus accuracy is {m.get('ratio')} of the reference's, 95 % interval "
+                    f"[{m.get('ci_low')}, {m.get('ci_high')}]: it spans the target {target}")
+        whys.append(f"its resolution is +-{r.details.get('resolution')} over {m.get('tokens')} scored tokens"
+                    + _scale_needed(m.get("tokens"), r.details.get("resolution"),
+                                    abs((m.get("ratio") or 0.0) - (target or 0.0))))
+        root = "too few corpus tokens scored to tell this variant's quality from the target"
+        fix = "raise corpus.tokens (a GPU or cluster run can score 300000, as llama.cpp users do)"
+    elif r.id == "T9":
+        whys.append(f"the mean KLD's clustered interval reaches {m.get('mean_kld_ci95')}, above the limit "
+                    f"{r.threshold}, while the typical prompt's interval {m.get('typical_prompt_kld_ci95')} starts "
+                    "below it: a few prompts diverge far more than the rest")
+        whys.append(f"{m.get('prompts')} prompts, {m.get('positions')} positions: too few prompts to tell a "
+                    "heavy tail from a broken conversion")
+        root = "the golden prompts are too few to tell a heavy-tailed but correct conversion from a broken one"
+        fix = ("read the corpus's KLD (Q1's evaluation, thousands of positions) for this level, and evaluate on "
+               "golden-v2 (--configfile config/config.yaml config/golden-v2.yaml)")
+    else:
+        whys.append("its 95 % interval spans the limit: the data cannot tell pass from fail")
+        root = "too little data to resolve this gate's limit"
+        fix = "measure more (prompts, runs or corpus tokens) and rerun"
+    whys.append("a certificate never turns an undecided gate green: it is a warning until measured further")
+    return FiveWhys(r.id, whys, root, fix)
+
+
 def _generic(r: Evidence, ctx: Context) -> FiveWhys:
     whys = [_symptom(r)]
     if r.details:
@@ -288,7 +342,9 @@ RULES: dict[str, Callable[[Evidence, Context], FiveWhys]] = {
 
 def analyze(record: Evidence, ctx: Context | None = None) -> FiveWhys:
     ctx = ctx or Context()
-    if record.id in RULES:
+    if record.details.get("verdict") == "inconclusive":
+        rule = _inconclusive
+    elif record.id in RULES:
         rule = RULES[record.id]
     elif "scenario" in record.details:
         rule = _crash if record.details.get("outcome") == "crash" else _scenario

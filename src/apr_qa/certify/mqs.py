@@ -21,6 +21,7 @@ from typing import Any
 from collections.abc import Iterable
 
 from ..evidence import Evidence
+from ..gate_catalogue import BY_ID, GATE_ID
 
 CATEGORY_MAX: dict[str, int] = {"QUAL": 200, "PERF": 150, "STAB": 200, "COMP": 150, "EDGE": 150, "REGR": 150}
 MAX_RAW = sum(CATEGORY_MAX.values())  # 1000
@@ -46,17 +47,6 @@ BLOCKED_BELOW, CERTIFIED_FROM = 700, 850
 NOT_APPLICABLE = "NOT_APPLICABLE"
 QUALIFY_NORMALIZED, PRODUCTION_NORMALIZED = 70.0, 90.0
 
-# Which category a gate of the other stages counts towards, by id (longest prefix wins). Records
-# may name their own with details["category"]. Unknown ids count as QUAL.
-GATE_CATEGORIES: dict[str, str] = {
-    "C": "COMP", "V": "COMP", "I-2": "COMP", "I-3": "COMP", "I-4": "COMP",  # conversion contract
-    "I-1": "REGR", "I-5": "REGR", "T5": "REGR",                             # agreement with the source
-    "T1": "QUAL", "T4": "QUAL",                                             # inference runs, answers right
-    "T2": "PERF", "T3": "PERF", "T6": "PERF",                               # latency, memory bounds
-    "T7": "REGR", "T8": "REGR", "T9": "REGR", "O1": "REGR",                 # accuracy/logits vs the source
-    "D": "STAB",                                                            # download integrity
-}
-
 OUTCOMES = ("pass", "fail", "crash", "timeout", "skip")
 
 
@@ -69,11 +59,13 @@ def outcome_of(record: Evidence) -> str:
 
 
 def category_of(record: Evidence) -> str:
+    """details["category"] when the record names one, else its gate's catalogue entry (an id that starts
+    with a catalogued gate id counts as that gate); anything else, gateways included, counts as QUAL."""
     cat = record.details.get("category")
     if cat in CATEGORY_MAX:
         return cat
-    best = max((p for p in GATE_CATEGORIES if record.id.startswith(p)), key=len, default=None)
-    return GATE_CATEGORIES[best] if best else "QUAL"
+    named = GATE_ID.match(record.id)
+    return (BY_ID[named.group(0)].category if named else None) or "QUAL"
 
 
 def normalize(raw: float) -> float:
