@@ -342,6 +342,7 @@ RULES: dict[str, Callable[[Evidence, Context], FiveWhys]] = {
 
 def analyze(record: Evidence, ctx: Context | None = None) -> FiveWhys:
     ctx = ctx or Context()
+    rule: Callable[[Evidence, Context], FiveWhys]
     if record.details.get("verdict") == "inconclusive":
         rule = _inconclusive
     elif record.id in RULES:
