@@ -186,9 +186,12 @@ def _reference(source: Path, out: Path, tokens: int = 300, n_ctx: int = 64) -> P
     return out
 
 
+RUN_OPTIONS = ["--prompts", str(PROMPTS), "--runs", "1", "--max-new-tokens", "4", "--greedy-tokens", "4"]
+
+
 def _eval(model: Path, source: Path, reference: Path, out: Path, *extra: str) -> dict:
-    code = main(["eval", str(model), "--reference", str(source), "--prompts", str(PROMPTS), "--runs", "1",
-                 "--max-new-tokens", "4", "--greedy-tokens", "4", "--json", str(out),
+    """`source`: the original model, or its golden reference file (.npz) when several evaluations share it."""
+    code = main(["eval", str(model), "--reference", str(source), *RUN_OPTIONS, "--json", str(out),
                  "--corpus-reference", str(reference), *extra])
     assert code in (0, 1)
     return json.loads(out.read_text())
@@ -244,16 +247,18 @@ def test_smollm2_broken_variant_fails_q1_and_a_small_corpus_cannot_pass(smollm2_
     accuracy (inconclusive, never green); a q8_0 whose block scales are 4x too large fails Q1 outright."""
 
     reference = _reference(smollm2_derived, tmp_path / "ref.npz", tokens=4 * 63, n_ctx=128)
+    golden = tmp_path / "golden.npz"  # built once: both evaluations read it, as the workflow's do
+    assert main(["golden-reference", str(smollm2_derived), *RUN_OPTIONS, "--out", str(golden)]) == 0
     q8 = tmp_path / "smollm2.q8_0.apr"
     convert(smollm2_derived, q8, "q8_0")
-    healthy = _eval(q8, smollm2_derived, reference, tmp_path / "q8.json")
+    healthy = _eval(q8, golden, reference, tmp_path / "q8.json")
     c = healthy["corpus"]
     assert c["kld"]["mean"] < 0.05 and c["same_top1"]["rate"] > 0.9
     assert c["top_k_approximation"]["relative_error_of_mean"] < 0.2
     q1 = next(g for g in healthy["gates"] if g["id"] == "Q1")
     assert q1["details"]["verdict"] == "inconclusive" and q1["level"] == "warn"
     broken = rewrite(q8, tmp_path / "broken.q8_0.apr", broken_block_scale(q8))
-    report = _eval(broken, smollm2_derived, reference, tmp_path / "broken.json")
+    report = _eval(broken, golden, reference, tmp_path / "broken.json")
     q1 = next(g for g in report["gates"] if g["id"] == "Q1")
     assert q1["details"]["verdict"] == "fail" and q1["level"] == "fail" and not q1["passed"]
     assert report["corpus"]["kld"]["mean"] > 1.0

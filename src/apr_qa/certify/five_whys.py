@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from collections.abc import Callable
 
-from ..evaluation import accuracy_andon
 from ..evidence import Evidence
 
 
@@ -288,7 +287,7 @@ def _inconclusive(r: Evidence, ctx: Context) -> FiveWhys:
     m = r.measured if isinstance(r.measured, dict) else {}
     whys = _first(_symptom(r))
     if r.id in ("T7", "T8"):
-        limit = accuracy_andon.WARN_POINTS if r.id == "T7" else accuracy_andon.FAIL_POINTS
+        limit = float(r.details["limit_points"])
         runs = (r.details.get("paired_runs") or {}).get("pairs")
         whys.append(f"the paired degradation {m.get('degradation_points')} points has the 95 % interval "
                     f"[{m.get('ci_low')}, {m.get('ci_high')}]: it spans the {limit:g}-point limit")

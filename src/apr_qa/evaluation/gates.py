@@ -180,7 +180,8 @@ def _accuracy_gate(gate_id: str, limit: float, level: str, block: dict) -> Evide
                             {"band": block["band"], "lost": block["lost"], "gained": block["gained"],
                              "model_accuracy": block["model"], "reference_accuracy": block["reference"],
                              "definition": block["definition"], "degradation_ci95": ci,
-                             "resolution_points": hw, "interval_method": block.get("interval_method"),
+                             "resolution_points": hw, "limit_points": limit,
+                             "interval_method": block.get("interval_method"),
                              "paired_runs": block.get("paired_runs"),
                              "verdicts_by_metric": {"exact_match": exact, "f1": f1_outcome},
                              **({"f1": f1} if f1 else {})})
