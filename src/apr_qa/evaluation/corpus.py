@@ -82,7 +82,8 @@ class Reference:
 
 
 def log_probs(model, chunk: list[int]) -> torch.Tensor:
-    logits = model.logits([chunk])[0][scored_slice(len(chunk))].float()
+    scored = scored_slice(len(chunk))  # logits of the scored positions only: the rest are context
+    logits = model.logits([chunk], start=scored.start)[0][: scored.stop - scored.start].float()
     if not bool(torch.isfinite(logits).all()):
         raise ValueError("non-finite logits on the corpus")
     return torch.log_softmax(logits, dim=-1)

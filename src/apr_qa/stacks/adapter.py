@@ -83,8 +83,8 @@ class StackModel:
                timeout_s: float | None) -> Generation:
         raise NotImplementedError
 
-    def logits(self, batch: list[list[int]]) -> list[torch.Tensor]:
-        """[T, vocab] float32 logits for each sequence, every position (teacher-forced)."""
+    def logits(self, batch: list[list[int]], start: int = 0) -> list[torch.Tensor]:
+        """[T - start, vocab] float32 logits for each sequence, of every position from `start` (teacher-forced)."""
         raise NotImplementedError
 
     def close(self) -> None:

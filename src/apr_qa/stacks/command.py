@@ -257,12 +257,14 @@ class CommandModel(StackModel):
             out_text = self.tokenizer.decode(tokens)
         return make_generation(ids, tokens, out_text, finish, ttft, total)
 
-    def logits(self, batch):
+    def logits(self, batch, start: int = 0):
         out = []
         for ids in batch:
-            value = self._result(ids)["logits"]
+            value = self._result(ids)["logits"][start:]
             if self.logits_kind == "top":  # the runtime's top entries; -inf marks what it did not return
-                dense = torch.full((len(ids), self.vocab_size), float("-inf"))
+                if self.vocab_size is None:
+                    raise AprQaError(f"stack {self.stack_name!r}: top-k logits need the vocab_size in config.json")
+                dense = torch.full((len(ids) - start, self.vocab_size), float("-inf"))
                 for r, row in enumerate(value):
                     dense[r, [e[0] for e in row]] = torch.tensor([float(e[1]) for e in row])
                 value = dense

@@ -151,12 +151,12 @@ class LlamaCppModel(StackModel):
         total = time.perf_counter() - start
         return make_generation(ids, new, self.tokenizer.decode(new), finish, ttft, total)
 
-    def logits(self, batch):
+    def logits(self, batch, start: int = 0):
         out = []
         for ids in batch:
             self._scorer.reset()
             self._scorer.eval(list(ids))
-            out.append(torch.from_numpy(np.array(self._scorer.scores[:len(ids)], dtype=np.float32)))
+            out.append(torch.from_numpy(np.array(self._scorer.scores[start:len(ids)], dtype=np.float32)))
         return out
 
     def close(self) -> None:
