@@ -70,6 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pareto-png", type=Path, help="plot to embed (written here when absent)")
     p.set_defaults(func=cmd_report)
 
+    from ..certify import serve as server  # stdlib only: cheap to import for the defaults
+
     p = sub.add_parser("serve",
                        help="OpenAI-compatible HTTP server for a model (/v1/completions, /v1/chat/completions)")
     p.add_argument("model", type=Path)
@@ -80,10 +82,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", choices=["packed", "dequantized"], default="packed",
                    help="quantized variants: run from their blocks (default) or dequantized at load")
     p.add_argument("--model-id", help="the model name clients see and send (default: the file or folder name)")
-    p.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask for")
-    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413")
-    p.add_argument("--socket-timeout", type=float, default=15.0,
+    p.add_argument("--max-tokens-limit", type=int, default=server.MAX_TOKENS_LIMIT,
+                   help="largest max_tokens a request may ask for")
+    p.add_argument("--max-body-bytes", type=int, default=server.MAX_BODY_BYTES, help="larger request bodies get 413")
+    p.add_argument("--socket-timeout", type=float, default=server.SOCKET_TIMEOUT_S,
                    help="seconds a connection may stall on one read or write before it is closed")
+    p.add_argument("--max-queue", type=int, default=server.MAX_QUEUE,
+                   help="requests that may wait while one generates; more get 503 with Retry-After at once")
     p.set_defaults(func=cmd_serve)
 
 
@@ -237,4 +242,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     return serve(str(args.model), args.host, args.port, args.device, args.timeout, args.weights,
                  model_id=args.model_id, max_tokens_limit=args.max_tokens_limit,
-                 max_body_bytes=args.max_body_bytes, socket_timeout_s=args.socket_timeout)
+                 max_body_bytes=args.max_body_bytes, socket_timeout_s=args.socket_timeout,
+                 max_queue=args.max_queue)
