@@ -8,7 +8,8 @@ timings have the same gates and statuses), no temporary file is left, and nothin
 
 Between kills, a finished run is perturbed so the next kill lands in real work: a forced
 re-conversion, a deleted .apr (rebuilt by the integrity check), or forced validation and evaluation.
-CRASH_KILLS (default 10) and CRASH_SEED (default 1) change the number of kills and the moments.
+CRASH_KILLS (default 4, about 80 s; CRASH_KILLS=20 for a longer run) and CRASH_SEED (default 1) change the
+number of kills and the moments.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from apr_qa.workflow.integrity import problem
 from apr_qa.workflow.tempfiles import TEMP_NAME
 
 pytestmark = pytest.mark.slow
-KILLS = int(os.environ.get("CRASH_KILLS", "10"))
+KILLS = int(os.environ.get("CRASH_KILLS", "4"))
 SEED = int(os.environ.get("CRASH_SEED", "1"))
 VOLATILE = ("logs", "benchmarks", ".checksums", "andon")  # run logs, timings, the stat-keyed cache, events
 PERTURBATIONS = ("forcerun convert", "delete one .apr", "forcerun validate evaluate")

@@ -294,6 +294,10 @@ def _inconclusive(r: Evidence, ctx: Context) -> FiveWhys:
         whys.append(f"its resolution is +-{m.get('resolution_points')} points over {runs or 'the'} paired runs"
                     + _scale_needed(runs, m.get("resolution_points"),
                                     abs((m.get("degradation_points") or 0.0) - limit)))
+        lost = r.details.get("lost") or []
+        if lost:
+            whys.append("lost: " + "; ".join(f"{x['id']} {x['reference']} -> {x['model']}" for x in lost[:4])
+                        + (f" and {len(lost) - 4} more" if len(lost) > 4 else ""))
         root = "too few golden prompts (or runs per prompt) to resolve a band this narrow"
         fix = ("evaluate on golden-v2 (110 prompts with reference answers: --configfile config/config.yaml "
                "config/golden-v2.yaml) or raise evaluation.runs")
