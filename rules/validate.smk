@@ -1,5 +1,5 @@
 # Stage 3: validate (conversion gates C*, V*, I-*). The command always writes its evidence; the
-# gate rule (rules/certify.smk) enforces it.
+# gate rule (rules/gates.smk) enforces it.
 
 
 checkpoint validate:

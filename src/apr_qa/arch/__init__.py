@@ -1,8 +1,8 @@
 """The architecture registry: every model family the stack can convert, validate and run.
 
 Each module of this package defines one family (an `Architecture` subclass decorated with
-`@register`); modules are discovered, so adding a family is adding a module (see README,
-"Adding an architecture"). Sources, convert, metadata, validate, certify and the runtime ask
+`@register`); modules are discovered, so adding a family is adding a module (docs/architectures.md
+has a worked example). Sources, convert, metadata, validate, certify and the runtime ask
 `architecture_for(config)` and read nothing about a family from anywhere else.
 """
 
