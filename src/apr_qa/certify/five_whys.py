@@ -218,6 +218,19 @@ def _scenario(r: Evidence, ctx: Context) -> FiveWhys:
     return FiveWhys(r.id, whys, d.get("reason") or d["outcome"], "rerun this scenario alone (apr-qa run) and inspect")
 
 
+def _lost(details: dict[str, Any]) -> str:
+    """T7/T8's items the variant lost against its reference, as one why ("" when none)."""
+    lost = details.get("lost") or []
+    if not lost:
+        return ""
+    return ("lost: " + "; ".join(f"{x['id']} {x['reference']} -> {x['model']}" for x in lost[:4])
+            + (f" and {len(lost) - 4} more" if len(lost) > 4 else ""))
+
+
+# The overlay that evaluates on golden-v2 (110 prompts with reference answers).
+GOLDEN_V2 = "--configfile config/config.yaml config/golden-v2.yaml"
+
+
 def _accuracy(r: Evidence, ctx: Context) -> FiveWhys:
     """T7/T8: which prompts (or pairs) the variant lost against its reference, and whether its logits
     stayed within the level's limits (T9) - a quantization error beyond them, or sensitive prompts."""
@@ -225,10 +238,8 @@ def _accuracy(r: Evidence, ctx: Context) -> FiveWhys:
     whys = _first(_symptom(r))
     model, ref = d.get("model_accuracy") or {}, d.get("reference_accuracy") or {}
     whys.append(f"accuracy {model.get('value')} vs the reference's {ref.get('value')} ({d.get('definition', '')})")
-    lost = d.get("lost") or []
-    if lost:
-        whys.append("lost: " + "; ".join(f"{x['id']} {x['reference']} -> {x['model']}" for x in lost[:4])
-                    + (f" and {len(lost) - 4} more" if len(lost) > 4 else ""))
+    if lost := _lost(d):
+        whys.append(lost)
     t9 = ctx.sibling("T9")
     if t9 is not None and not t9.passed:
         whys.append(f"the logits diverge beyond the level's conversion limit as well (T9: {t9.message})")
@@ -294,13 +305,10 @@ def _inconclusive(r: Evidence, ctx: Context) -> FiveWhys:
         whys.append(f"its resolution is +-{m.get('resolution_points')} points over {runs or 'the'} paired runs"
                     + _scale_needed(runs, m.get("resolution_points"),
                                     abs((m.get("degradation_points") or 0.0) - limit)))
-        lost = r.details.get("lost") or []
-        if lost:
-            whys.append("lost: " + "; ".join(f"{x['id']} {x['reference']} -> {x['model']}" for x in lost[:4])
-                        + (f" and {len(lost) - 4} more" if len(lost) > 4 else ""))
+        if lost := _lost(r.details):
+            whys.append(lost)
         root = "too few golden prompts (or runs per prompt) to resolve a band this narrow"
-        fix = ("evaluate on golden-v2 (110 prompts with reference answers: --configfile config/config.yaml "
-               "config/golden-v2.yaml) or raise evaluation.runs")
+        fix = f"evaluate on golden-v2 (110 prompts with reference answers: {GOLDEN_V2}) or raise evaluation.runs"
     elif r.id == "Q1":
         target = r.details.get("target")
         whys.append(f"the variant's corpus accuracy is {m.get('ratio')} of the reference's, 95 % interval "
@@ -318,7 +326,7 @@ def _inconclusive(r: Evidence, ctx: Context) -> FiveWhys:
                     "heavy tail from a broken conversion")
         root = "the golden prompts are too few to tell a heavy-tailed but correct conversion from a broken one"
         fix = ("read the corpus's KLD (Q1's evaluation, thousands of positions) for this level, and evaluate on "
-               "golden-v2 (--configfile config/config.yaml config/golden-v2.yaml)")
+               f"golden-v2 ({GOLDEN_V2})")
     else:
         whys.append("its 95 % interval spans the limit: the data cannot tell pass from fail")
         root = "too little data to resolve this gate's limit"
