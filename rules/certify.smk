@@ -25,7 +25,7 @@ rule certify:
         evaluations=1,
         mem_mb=mem_mb("evaluate"),
     params:
-        fp=lambda wc: certification_fingerprint(VARIANTS[wc.model]),
+        code=code("certify"),
         inputs=model_digest,
         model_id=lambda wc: MODELS[wc.model]["repo"],
         family=lambda wc: (f"--family {MODELS[wc.model]['family']}" if MODELS[wc.model].get("family") else ""),
@@ -36,7 +36,7 @@ rule certify:
         policy=(f"--failure-policy {config['failure_policy']}" if config.get("failure_policy") else ""),
         andon=lambda wc, output: andon("certify", wc.model, output.evidence),
     shell:
-        "(apr-qa cache restore {input.manifest} && "
+        "{params.code} (apr-qa cache restore {input.manifest} && "
         "{params.andon} apr-qa certify --model-id {params.model_id} {params.family} --playbook {input.playbook} "
         "{params.variants} {params.evidence} {params.policy} --output {output.evidence}) > {log} 2>&1 && "
         "apr-qa cache release {input.manifest} --certification {output.evidence} >> {log} 2>&1"
@@ -70,7 +70,8 @@ rule certify_stack:
         evaluations=1,
         mem_mb=mem_mb("evaluate"),
     params:
-        fp=stack_certification_fingerprint,
+        code=code("certify_stack"),
+        stack=stack_certification_fingerprint,
         inputs=certification_digest(STACK_EVALUATION),
         model_id=lambda wc: MODELS[wc.model]["repo"],
         family=lambda wc: (f"--family {MODELS[wc.model]['family']}" if MODELS[wc.model].get("family") else ""),
@@ -82,6 +83,6 @@ rule certify_stack:
         policy=(f"--failure-policy {config['failure_policy']}" if config.get("failure_policy") else ""),
         andon=lambda wc, output: andon("certify", f"{wc.model}/{wc.stack}", output.evidence),
     shell:
-        "{params.andon} apr-qa certify --model-id {params.model_id} {params.family} --playbook {input.playbook} "
+        "{params.code} {params.andon} apr-qa certify --model-id {params.model_id} {params.family} --playbook {input.playbook} "
         "--stack {params.spec} {params.variants} {params.evidence} {params.policy} --output {output.evidence} "
         "> {log} 2>&1"

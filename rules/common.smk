@@ -8,9 +8,9 @@
 # Digests of large files come from the stat-keyed checksum cache (apr_qa.workflow.checksums), which
 # the producing rule fills, so planning never rehashes an unchanged .apr.
 #
-# Stack changes. Each rule's params carry the fingerprint of exactly the code and library versions
-# its output depends on (apr_qa.workflow.fingerprint), as plain strings so Snakemake's params
-# trigger sees them.
+# Code changes. Every job records the package files, C sources and library versions its apr-qa
+# processes loaded; its `code` param is their digest (apr_qa.workflow.fingerprint, docs/rebuild.md),
+# so Snakemake's params trigger reruns exactly the jobs that loaded an edited file.
 #
 # Andon. Heavy stages run under `apr-qa andon run`, which refuses to start while the line is stopped
 # and records why a command failed. Validate/evaluate always write their evidence; a separate gate
@@ -34,14 +34,14 @@ import time
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.io import apply_wildcards
 
 from apr_qa import layout
 from apr_qa.certify.playbooks import load_playbook
 from apr_qa.stacks import configured_stacks, stack_fingerprint
-from apr_qa.workflow import checksums, integrity
-from apr_qa.workflow.tiers import ANDON_POLICY, certification_fingerprint, tier_variants
+from apr_qa.workflow import checksums, fingerprint, integrity
+from apr_qa.workflow.tiers import ANDON_POLICY, tier_variants
 from apr_qa.workflow.download import weights_key
-from apr_qa.workflow.fingerprint import fingerprint
 from apr_qa.workflow.tempfiles import remove_stale_temps
 
 RESULTS = config.get("results", "results")
@@ -94,6 +94,27 @@ wildcard_constraints:
     model="|".join(MODELS) or "(?!)",
     variant=layout.variant_pattern(),
     stage="|".join(layout.GATED_STAGES),
+
+
+def code(rule):
+    """Param of every rule, first in its shell: the job's code fingerprint, and the environment that
+    makes its apr-qa processes record what they load (beside the job's log, under .code/)."""
+
+    def param(wildcards):
+        record = code_record(rule, wildcards)
+        return fingerprint.job_env(record, fingerprint.plan_key(rule, record))
+
+    return param
+
+
+def code_record(rule, wildcards):
+    """Where the job of `rule` for these wildcards records its code: named after its log."""
+    return layout.code_record(apply_wildcards(workflow.get_rule(rule).log[0], wildcards))
+
+
+def job_code_keys(rule, wildcards):
+    """The code fingerprint of another job (for a record that names what produced it)."""
+    return fingerprint.plan_key(rule, code_record(rule, wildcards))
 
 
 def andon(stage, subject, evidence=None):
@@ -250,8 +271,8 @@ def pickle_flag(model):
 
 
 def stage_fingerprints(wildcards):
-    """Param of the summary: the stack fingerprints of the stages behind it (recorded in it)."""
-    return " ".join(f"--fingerprint {fingerprint(s, wildcards.variant)}" for s in ("convert", "validate", "evaluate"))
+    """Param of the summary: the code fingerprints of the jobs behind it (recorded in it)."""
+    return " ".join(f"--fingerprint {job_code_keys(rule, wildcards)}" for rule in ("convert", "validate", "evaluate"))
 
 
 def certification_inputs(template, cutoff=True):
@@ -283,11 +304,10 @@ def certify_variants(wildcards, input):
 
 
 def stack_certification_fingerprint(wildcards):
-    """Param of a stack's certification: the certification's code and, per tier variant, the stack's
-    fingerprint (upgrading llama-cpp-python reruns that stack's certifications, no other)."""
+    """Param of a stack's certification: per tier variant, what the stack's fingerprint covers beyond
+    Python code (a new llama.cpp build reruns that stack's certifications, no other)."""
     stack = OTHER_STACKS[wildcards.stack]
-    variants = VARIANTS[wildcards.model]
-    return " ".join([certification_fingerprint(variants), *sorted({stack_fingerprint(stack, v) for v in variants})])
+    return " ".join(sorted({stack_fingerprint(stack, v) for v in VARIANTS[wildcards.model]}))
 
 
 def all_certifications(models):

@@ -20,12 +20,12 @@ checkpoint convert:
         conversions=1,
         mem_mb=mem_mb("convert"),
     params:
-        fp=lambda wc: fingerprint("convert", wc.variant),
+        code=code("convert"),
         weights=digest(MANIFEST, weights_digest),
         source=source_of,
         pickle=lambda wc: pickle_flag(wc.model),
         andon=lambda wc: andon("convert", f"{wc.model}/{wc.variant}"),
     shell:
-        "({params.andon} sh -c 'apr-qa cache restore {input.manifest} && apr-qa verify-checksums {input.manifest} && "
+        "{params.code} ({params.andon} sh -c 'apr-qa cache restore {input.manifest} && apr-qa verify-checksums {input.manifest} && "
         "apr-qa convert {params.source} {output.apr} --quant {wildcards.variant} --manifest {input.manifest} "
         "{params.pickle} --json {output.summary} && apr-qa checksum {output.apr} --json {output.sha}') > {log} 2>&1"

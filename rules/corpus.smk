@@ -22,10 +22,10 @@ checkpoint corpus_reference:
         evaluations=1,
         mem_mb=mem_mb("evaluate"),
     params:
-        fp=fingerprint("corpus"),
+        code=code("corpus_reference"),
         weights=digest(MANIFEST, weights_digest),
         source=source_of,
         size=f"--tokens {CORPUS['tokens']} --n-ctx {CORPUS['n_ctx']} --top-k {CORPUS['top_k']}",
     shell:
-        "(apr-qa cache restore {input.manifest} && apr-qa corpus-reference {params.source} --corpus {input.definition} "
+        "{params.code} (apr-qa cache restore {input.manifest} && apr-qa corpus-reference {params.source} --corpus {input.definition} "
         "{params.size} --threads {threads} --out {output.reference}) > {log} 2>&1"

@@ -17,7 +17,7 @@ checkpoint download:
         downloads=1,
         mem_mb=1024,
     params:
-        fp=fingerprint("download"),
+        code=code("download"),
         repo=lambda wc: MODELS[wc.model]["repo"],
         revision=lambda wc: MODELS[wc.model].get("revision", "main"),
         files=lambda wc: " ".join(f"--files '{g}'" for g in MODELS[wc.model].get("files", [])),
@@ -28,6 +28,6 @@ checkpoint download:
         slow_s=config["download"].get("slow_s", 600),
         andon=lambda wc: andon("download", wc.model),
     shell:
-        "{params.andon} apr-qa download {params.repo} --id {wildcards.model} --revision {params.revision} "
+        "{params.code} {params.andon} apr-qa download {params.repo} --id {wildcards.model} --revision {params.revision} "
         "{params.files} {params.pickle} {params.pins} --max-size-gb {params.max_gb} --retries {params.retries} "
         "--slow-s {params.slow_s} --manifest {output.manifest} > {log} 2>&1"

@@ -26,7 +26,7 @@ rule golden_reference:
         gpu=1 if config["evaluation"]["device"] == "cuda" else 0,
         mem_mb=mem_mb("evaluate"),
     params:
-        fp=fingerprint("golden"),
+        code=code("golden_reference"),
         weights=digest(MANIFEST, weights_digest),
         source=source_of,
         runs=RUNS,
@@ -34,7 +34,7 @@ rule golden_reference:
         device=config["evaluation"]["device"],
         extra=config["evaluation"].get("extra_args", ""),
     shell:
-        "(apr-qa cache restore {input.manifest} && apr-qa golden-reference {params.source} --prompts {input.prompts} "
+        "{params.code} (apr-qa cache restore {input.manifest} && apr-qa golden-reference {params.source} --prompts {input.prompts} "
         "--runs {params.runs} --device {params.device} --threads {threads} {params.timeout} {params.extra} "
         "--out {output.reference}) > {log} 2>&1"
 
@@ -63,7 +63,7 @@ checkpoint evaluate:
         gpu=1 if config["evaluation"]["device"] == "cuda" else 0,
         mem_mb=mem_mb("evaluate"),
     params:
-        fp=lambda wc: fingerprint("evaluate", wc.variant),
+        code=code("evaluate"),
         apr=digest(APR_SHA, recorded_sha256),
         corpus=digest(CORPUS_REFERENCE) if CORPUS_ON else "off",
         corpus_args=corpus_args,
@@ -74,7 +74,7 @@ checkpoint evaluate:
         logits=lambda wc, output: f"--logits {output.logits}" if OTHER_STACKS else "",
         andon=lambda wc, output: andon("evaluate", f"{wc.model}/{wc.variant}", output.evaluation),
     shell:
-        "({params.andon} sh -c 'apr-qa checksum {input.apr} --expect {input.sha} && "
+        "{params.code} ({params.andon} sh -c 'apr-qa checksum {input.apr} --expect {input.sha} && "
         "apr-qa verify-checksums {input.manifest} && "
         "apr-qa eval {input.apr} --reference {input.golden} --prompts {input.prompts} --runs {params.runs} "
         "--device {params.device} --threads {threads} {params.corpus_args} {params.timeout} "

@@ -14,11 +14,11 @@ checkpoint gate:
     conda:
         "../envs/apr-qa.yaml"
     params:
-        fp=fingerprint("gate"),
+        code=code("gate"),
         evidence=digest(GATED),
         andon=f"--state {ANDON} --policy {POLICY}",
     shell:
-        "apr-qa gate {input.evidence} --stage {wildcards.stage} --subject {wildcards.model}/{wildcards.variant} "
+        "{params.code} apr-qa gate {input.evidence} --stage {wildcards.stage} --subject {wildcards.model}/{wildcards.variant} "
         "--marker {output.marker} {params.andon} > {log} 2>&1 || {{ cat {log} >&2; exit 1; }}"
 
 
@@ -44,12 +44,12 @@ checkpoint summarize:
     conda:
         "../envs/apr-qa.yaml"
     params:
-        fp=fingerprint("summarize"),
+        code=code("summarize"),
         evidence=digest(EVIDENCE),
         evaluation=digest(EVALUATION),
         fingerprints=stage_fingerprints,
     shell:
-        "apr-qa summarize --model {wildcards.model} --variant {wildcards.variant} --manifest {input.manifest} "
+        "{params.code} apr-qa summarize --model {wildcards.model} --variant {wildcards.variant} --manifest {input.manifest} "
         "--apr {input.apr} --apr-record {input.apr_record} --conversion {input.conversion} "
         "--validation {input.validation} --evaluation {input.evaluation} {params.fingerprints} "
         "--json {output.summary} > {log} 2>&1"

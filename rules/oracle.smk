@@ -18,9 +18,9 @@ rule oracle:
         evaluations=1,
         mem_mb=mem_mb("evaluate"),
     params:
-        fp=fingerprint("oracle"),
+        code=code("oracle"),
         weights=digest(MANIFEST, weights_digest),
         source=source_of,
     shell:
-        "(apr-qa cache restore {input.manifest} && apr-qa oracle {params.source} --prompts {input.prompts} "
+        "{params.code} (apr-qa cache restore {input.manifest} && apr-qa oracle {params.source} --prompts {input.prompts} "
         "--json {output.record}) > {log} 2>&1"

@@ -68,10 +68,10 @@ rule report:
     conda:
         "../envs/apr-qa.yaml"
     params:
-        fp=fingerprint("report"),
+        code=code("report"),
         summaries=summaries_digest,
         integrity=integrity_state,
         verify=lambda wc, input: f"apr-qa verify-checksums {' '.join(input.records)} && " if input.records else "",
         cmd=" && ".join(report_commands()),
     shell:
-        "({params.verify}{params.cmd}) > {log} 2>&1"
+        "{params.code} ({params.verify}{params.cmd}) > {log} 2>&1"

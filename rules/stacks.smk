@@ -30,7 +30,7 @@ rule evaluate_stack:
         evaluations=1,
         mem_mb=mem_mb("evaluate"),
     params:
-        fp=lambda wc: fingerprint("evaluate", wc.variant),  # the harness, and the reference's runtime
+        code=code("evaluate_stack"),
         stack=lambda wc: stack_fingerprint(OTHER_STACKS[wc.stack], wc.variant),
         spec=lambda wc: shlex.quote(OTHER_STACKS[wc.stack].to_json()),
         apr=digest(APR_SHA, recorded_sha256),
@@ -41,7 +41,7 @@ rule evaluate_stack:
         extra=config["evaluation"].get("extra_args", ""),
     shell:
         # exit 1 (a gate of the stack's own evaluation failed) is evidence for the report, not a failed job
-        "(apr-qa checksum {input.apr} --expect {input.sha} && apr-qa verify-checksums {input.manifest} && "
+        "{params.code} (apr-qa checksum {input.apr} --expect {input.sha} && apr-qa verify-checksums {input.manifest} && "
         "{{ apr-qa eval {input.apr} --reference {input.golden} --prompts {input.prompts} --runs {params.runs} "
         "--threads {threads} {params.timeout} {params.corpus_args} {params.extra} --stack {params.spec} "
         "--variant {wildcards.variant} "
@@ -64,6 +64,6 @@ rule diff_stacks:
     conda:
         "../envs/apr-qa.yaml"
     params:
-        fp=fingerprint("diff"),
+        code=code("diff_stacks"),
     shell:
-        "apr-qa diff-stacks {input.first} {input.second} --out {output} > {log} 2>&1"
+        "{params.code} apr-qa diff-stacks {input.first} {input.second} --out {output} > {log} 2>&1"

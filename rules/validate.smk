@@ -18,7 +18,7 @@ checkpoint validate:
         validations=1,
         mem_mb=mem_mb("validate"),
     params:
-        fp=lambda wc: fingerprint("validate", wc.variant),
+        code=code("validate"),
         apr=digest(APR_SHA, recorded_sha256),
         weights=digest(MANIFEST, weights_digest),
         source=source_of,
@@ -26,7 +26,7 @@ checkpoint validate:
         tolerances=f"--tolerances {TOLERANCES}" if TOLERANCES else "",
         andon=lambda wc, output: andon("validate", f"{wc.model}/{wc.variant}", output.evidence),
     shell:
-        "({params.andon} sh -c 'apr-qa checksum {input.apr} --expect {input.sha} && "
+        "{params.code} ({params.andon} sh -c 'apr-qa checksum {input.apr} --expect {input.sha} && "
         "apr-qa verify-checksums {input.manifest} && "
         "apr-qa validate {input.apr} --source {params.source} --json {output.evidence} "
         "--subject {wildcards.model}/{wildcards.variant} {params.pickle} {params.tolerances}') > {log} 2>&1"

@@ -362,3 +362,14 @@ def test_k_quant_bytes_do_not_depend_on_threads(dtype, monkeypatch):
     one = quantize(dtype, x)
     monkeypatch.setenv(THREADS_ENV, "3")
     np.testing.assert_array_equal(quantize(dtype, x), one)
+
+
+def test_a_kernel_that_disagrees_with_its_port_disables_itself_only(fresh_native):
+    """Each compiled kernel is checked against its own numpy port on first use: a q4_k port that moved
+    (here: made to write zeros) turns off the q4_k kernel, with a warning, and leaves q4_0's in use."""
+    _compiled_or_skip()
+    native._library.cache_clear()
+    fresh_native.setattr(q4_k, "quantize_blocks_numpy", lambda blocks, out: out.fill(0))
+    assert native.library("q4_0") is not None
+    with pytest.warns(RuntimeWarning, match="q4_k: .* blocks differ"):
+        assert native.library("q4_k") is None

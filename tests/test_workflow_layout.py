@@ -21,7 +21,7 @@ from apr_qa.evidence import Evidence
 from apr_qa.fsutil import sha256_file
 from apr_qa.gate_catalogue import CATALOGUE_STAGES, GATE_ID, GATES, LEVELS, gate, gateway_of
 from apr_qa.validate import GATE_LEVELS, GATE_NAMES
-from apr_qa.workflow import fingerprint, generated
+from apr_qa.workflow import generated
 from apr_qa.workflow.summary import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,32 +64,6 @@ def test_every_variant_passes_the_config_schema_and_the_wildcard():
     # the rules name no variant, artifact path or stage list of their own
     rules = "".join(p.read_text() for p in (ROOT / "rules").glob("*.smk"))
     assert "q4_0" not in rules and '"results/' not in rules and "/manifest.json" not in rules
-
-
-@pytest.mark.parametrize("stage", list(fingerprint.STAGES))
-def test_every_file_the_fingerprints_name_exists(stage):
-    """components() raises on a listed file that does not exist; every stage x variant resolves."""
-    per_variant = fingerprint.STAGES[stage][2]
-    for variant in (QUANT_LEVELS if per_variant else [None]):
-        files, _ = fingerprint.components(stage, variant)
-        assert files and all(p.is_file() for p in files)
-
-
-def test_a_missing_fingerprint_file_is_an_error(monkeypatch):
-    monkeypatch.setitem(fingerprint.STAGES, "gate", (["workflow/andon.py", "quant/common.py"], [], False))
-    with pytest.raises(FileNotFoundError, match="quant/common.py"):
-        fingerprint.components("gate")
-
-
-def test_codec_files_derive_from_the_registries():
-    assert fingerprint.variant_codec_files("f16") == ["quant/floats.py"]
-    assert fingerprint.variant_codec_files("q4_0") == ["quant/kernels.c", "quant/native.py", "quant/q4_0.py"]
-    assert {"quant/q4_k.py", "quant/q6_k.py"} <= set(fingerprint.variant_codec_files("q4_k"))  # keeps Q6_K tensors
-    for name, level in QUANT_LEVELS.items():
-        files = fingerprint.variant_codec_files(name)
-        if level.recipe:
-            assert f"quant/{level.recipe}.py" in files
-        assert all((fingerprint.PACKAGE_ROOT / f).is_file() for f in files)
 
 
 def test_gate_catalogue_agrees_with_the_code():

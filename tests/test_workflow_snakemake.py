@@ -147,6 +147,58 @@ def test_noop_plans_zero_jobs(workspace, built):
     assert nothing_to_do(workspace, "results/report.md")
 
 
+def _planned(proc: subprocess.CompletedProcess) -> set[str]:
+    """The rules of the jobs a dry run lists."""
+    return {m.group(1) for line in (proc.stdout + proc.stderr).splitlines() if (m := JOB_HEADER.match(line.strip()))}
+
+
+def test_every_edit_reruns_exactly_the_jobs_that_loaded_the_file(workspace, built):
+    """Each job recorded the package files it loaded (results/.code). One at a time, every module and C
+    source of the package gets a comment appended: the code keys that change are exactly those of the
+    jobs that loaded it, and Snakemake's plan follows them."""
+    from apr_qa.workflow import fingerprint
+
+    src, results = workspace / "src/apr_qa", workspace / "results"
+
+    def keys() -> dict[str, str]:
+        fingerprint._file_digest.cache_clear()
+        return fingerprint.job_keys(results, src)
+
+    before = keys()
+    loaded = {job: set(json.loads((results / ".code" / f"{job}.json").read_text())["files"]) for job in before}
+    assert len(loaded) == 2 * (3 + 6 * len(VARIANTS)) + 1  # per model 3 jobs + 6 per variant, and the report
+    reruns: dict[str, set[str]] = {}
+    for path in sorted(p for p in src.rglob("*") if p.suffix in (".py", ".c")):
+        rel, text = path.relative_to(src).as_posix(), path.read_bytes()
+        path.write_bytes(text + (b"\n/* edited */\n" if path.suffix == ".c" else b"\n# edited\n"))
+        try:
+            after = keys()
+        finally:
+            path.write_bytes(text)
+        reruns[rel] = {job for job in before if after[job] != before[job]}
+        assert reruns[rel] == {job for job, files in loaded.items() if rel in files}, rel
+    assert keys() == before
+
+    jobs = set(loaded)
+    assert reruns["cli.py"] == jobs  # every job runs apr-qa
+    for rel in ("render.py", "workflow/report_sections.py", "workflow/model_cache.py", "yamlsafe.py"):
+        assert "report" in reruns[rel], rel  # what writes report.html, and what loads its playbooks
+    evaluations = {job for job in jobs if job.startswith("evaluate/")}
+    assert evaluations <= reruns["certify/five_whys.py"] & reruns["yamlsafe.py"] & reruns["runtime/matmul.c"]
+    assert {"convert/tiny-llama/q4_0", "convert/tiny-gguf/q4_0"} <= reruns["quant/q4_0.py"]
+    assert all(job.endswith("/q4_0") for job in reruns["quant/q4_0.py"])  # no f16 job loads the q4_0 codec
+    assert not reruns["quant/q4_k.py"] and not reruns["commands/export.py"] and not reruns["certify/serve.py"]
+
+    render = src / "render.py"
+    text = render.read_text()
+    render.write_text(text + "\n# edited\n")
+    try:
+        assert _planned(snakemake(workspace, "-n")) == {"report", "all"}
+    finally:
+        render.write_text(text)
+    assert nothing_to_do(workspace)
+
+
 def test_identical_reconversion_does_not_cascade(workspace, built):
     """Early cutoff: deleted .apr files are rebuilt byte-identical (the results claim them), and
     nothing downstream of them reruns."""

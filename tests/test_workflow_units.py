@@ -1,4 +1,4 @@
-"""Checksum cache, stage fingerprints and the andon gate logic, on real files."""
+"""Checksum cache and the andon gate logic, on real files."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from apr_qa.errors import AprQaError
 from apr_qa.fsutil import sha256_file
-from apr_qa.workflow import andon, checksums, fingerprint
+from apr_qa.workflow import andon, checksums
 
 
 def test_checksum_cache_hit_miss_and_invalidation(tmp_path):
@@ -61,19 +61,6 @@ def test_git_blob_sha1_matches_git():
         assert checksums.git_blob_sha1(t.name) == "ce013625030ba8dba906f756967f9e9ca394464a"
     finally:
         os.unlink(t.name)
-
-
-def test_fingerprints_cover_exactly_their_variant_codec():
-    files, versions = fingerprint.components("convert", "q4_0")
-    names = {p.relative_to(fingerprint.PACKAGE_ROOT).as_posix() for p in files}
-    assert "quant/q4_0.py" in names and "quant/q8_0.py" not in names and "convert.py" in names
-    assert set(versions) == {"numpy", "gguf", "safetensors"}
-    eval_files, eval_versions = fingerprint.components("evaluate", "f16")
-    assert "torch" in eval_versions and any("runtime" in p.parts for p in eval_files)
-    assert fingerprint.fingerprint("convert", "q4_0") != fingerprint.fingerprint("convert", "q8_0")
-    assert fingerprint.fingerprint("convert", "f16") == fingerprint.fingerprint("convert", "bf16")  # same code
-    with pytest.raises(KeyError):
-        fingerprint.fingerprint("convert")
 
 
 def _evidence(tmp_path, *gates) -> Path:

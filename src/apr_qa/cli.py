@@ -7,15 +7,29 @@ tripped (stop the line). Errors are printed as one line: `apr-qa: error: FILE: p
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
+import importlib.util
 import os
+import re
 import sys
+from pathlib import Path
 
-from . import __version__
-from .errors import AprQaError, GateFailure
+# What the interpreter loaded before this module (site's .pth hooks...): not the job's code.
+STARTUP_MODULES = frozenset(sys.modules)
 
-# Modules are imported when the parser is built, but heavy imports (torch...) happen inside the
-# command functions so that `apr-qa --help` stays fast.
+from . import __version__  # noqa: E402
+from .errors import AprQaError, GateFailure  # noqa: E402
+
+# Inside a workflow job: the job's code record, which every apr-qa process of the job adds what it
+# loaded to at exit, and the code key the job runs under (apr_qa.workflow.fingerprint).
+CODE_RECORD_ENV = "APR_QA_CODE_RECORD"
+CODE_KEY_ENV = "APR_QA_CODE_KEY"
+
+# A command imports only the module that defines it (found by reading the modules' sources), and
+# heavy imports (torch...) happen inside the command functions, so `apr-qa checksum` stays fast and a
+# workflow job's code record (workflow/fingerprint.py) holds only the code the job ran. `apr-qa --help`
+# imports them all.
 COMMAND_MODULES = [
     "apr_qa.commands.convert",    # convert, inspect, validate
     "apr_qa.commands.runtime",    # run, chat
@@ -36,17 +50,35 @@ EXIT_OK, EXIT_GATE_FAIL, EXIT_USAGE, EXIT_HALT = 0, 1, 2, 3
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def build_parser() -> argparse.ArgumentParser:
+# How a command module declares a top-level command: `sub.add_parser("name", ...)` in its register().
+_DECLARATION = re.compile(r"\bsub\.add_parser\(\s*\"([\w-]+)\"")
+
+
+def declared_commands(module: str) -> list[str]:
+    """The top-level commands `module` registers, read from its source without importing it."""
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.origin is not None, module
+    return _DECLARATION.findall(Path(spec.origin).read_text())
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser, with only the module that declares `command` registered (all of them without one,
+    or when none declares it: argparse then names the valid choices)."""
     parser = argparse.ArgumentParser(prog="apr-qa", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"apr-qa {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    owners = [m for m in COMMAND_MODULES if command in declared_commands(m)] if command else []
+    for name in owners or COMMAND_MODULES:
         importlib.import_module(name).register(sub)  # a module that fails to import fails the CLI
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if os.environ.get(CODE_RECORD_ENV):
+        atexit.register(_record_code, os.environ[CODE_RECORD_ENV], os.environ.get(CODE_KEY_ENV, ""))
+    command = argv[0] if argv and not argv[0].startswith("-") else None
+    args = build_parser(command).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except GateFailure as exc:
@@ -57,6 +89,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+
+
+def _record_code(record: str, key: str) -> None:
+    """Add the package files and libraries this process loaded to the job's code record. The module list
+    is taken before the recorder is imported: its own code is not the job's."""
+    loaded = dict(sys.modules)
+    from .workflow import fingerprint
+
+    fingerprint.merge_into(Path(record), key, loaded, STARTUP_MODULES)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,15 @@ def log(results: str | Path, job: str, *parts: str) -> str:
     return f"{results}/logs/{'/'.join((job, *parts))}.log"
 
 
+def code_record(log_path: str) -> str:
+    """The record of the code a job loaded (apr_qa.workflow.fingerprint), named after its log:
+    logs/<job>/.../<last part>.log -> .code/<job>/.../<last part>.json."""
+    head, sep, tail = log_path.rpartition("/logs/")
+    if not sep or not tail.endswith(".log"):
+        raise ValueError(f"{log_path}: not a job log (<results>/logs/.../<name>.log)")
+    return f"{head}/.code/{tail.removesuffix('.log')}.json"
+
+
 def benchmark(results: str | Path, job: str, *parts: str) -> str:
     """A job's Snakemake benchmark table: benchmarks/<job>/<part>/.../<last part>.tsv."""
     return f"{results}/benchmarks/{'/'.join((job, *parts))}.tsv"

@@ -22,6 +22,11 @@ CACHE_ENV = "APR_QA_NATIVE_CACHE"
 NATIVE_FLAGS = ["-march=native"]
 
 
+# The C sources this process built or loaded a library of: code its outputs depend on, which a
+# workflow job records (apr_qa.workflow.fingerprint).
+SOURCES: set[Path] = set()
+
+
 def cache_dir() -> Path:
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV])
@@ -61,6 +66,7 @@ def compile_to(cc: str, source: Path, flags: list[str], target: Path, libs: tupl
 
 def build(cc: str, source: Path, flags: list[str], stem: str, libs: tuple[str, ...] = ()) -> Path:
     """The library for this source, compiler and CPU, from the cache or built now (OSError if not)."""
+    SOURCES.add(source)
     errors = []
     for attempt in (flags + NATIVE_FLAGS, flags):
         key = "\n".join([source.read_text(), cc, *attempt, *libs, platform.machine(), sys.platform,

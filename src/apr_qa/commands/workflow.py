@@ -44,10 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--expect", type=Path, help="a record to verify the file against instead")
     p.set_defaults(func=cmd_checksum)
 
-    p = sub.add_parser("fingerprint", help="the stack fingerprint of a workflow stage")
-    p.add_argument("stage")
-    p.add_argument("--variant")
-    p.add_argument("--explain", action="store_true", help="list the files and versions hashed")
+    p = sub.add_parser("fingerprint", help="a workflow job's code fingerprint, from its code record")
+    p.add_argument("record", type=Path, help="the job's record: results/.code/<job>/.../<name>.json")
+    p.add_argument("--explain", action="store_true", help="list the files and versions it covers")
     p.set_defaults(func=cmd_fingerprint)
 
     p = sub.add_parser("gate", help="enforce an evidence file's gates (andon): fail/halt on tripped gates")
@@ -180,18 +179,13 @@ def cmd_checksum(args: argparse.Namespace) -> int:
 
 
 def cmd_fingerprint(args: argparse.Namespace) -> int:
-    from ..workflow.fingerprint import PACKAGE_ROOT, components, fingerprint
+    from ..workflow import fingerprint
 
-    try:
-        print(fingerprint(args.stage, args.variant))
-        if args.explain:
-            files, versions = components(args.stage, args.variant)
-            for f in files:
-                print(f"  {f.relative_to(PACKAGE_ROOT)}")
-            for dist, version in versions.items():
-                print(f"  {dist}=={version}")
-    except KeyError as exc:
-        raise AprQaError(exc.args[0]) from None
+    if not args.record.is_file():
+        raise AprQaError(f"{args.record}: no code record (the job has not run yet)")
+    print(fingerprint.plan_key(fingerprint.rule_of(args.record), args.record))
+    if args.explain:
+        print("\n".join(fingerprint.explain(args.record)))
     return 0
 
 

@@ -14,6 +14,8 @@ The K-quants, the slow ones, quantize chunks on every CPU the process may use
 
 from __future__ import annotations
 
+import functools
+import importlib
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -23,19 +25,31 @@ import numpy as np
 
 from ..dtypes import DType
 from ..errors import FormatError
-from . import floats, q4_0, q4_k, q6_k, q8_0
 
 Codec = tuple[Callable[[np.ndarray, np.ndarray], None], Callable[[np.ndarray, np.ndarray], None]]
 
-_CODECS: dict[DType, Codec] = {
-    DType.F32: (floats.quantize_f32, floats.dequantize_f32),
-    DType.F16: (floats.quantize_f16, floats.dequantize_f16),
-    DType.BF16: (floats.quantize_bf16, floats.dequantize_bf16),
-    DType.Q8_0: (q8_0.quantize_blocks, q8_0.dequantize_blocks),
-    DType.Q4_0: (q4_0.quantize_blocks, q4_0.dequantize_blocks),
-    DType.Q4_K: (q4_k.quantize_blocks, q4_k.dequantize_blocks),
-    DType.Q6_K: (q6_k.quantize_blocks, q6_k.dequantize_blocks),
+# dtype -> (module of this package, its encode and decode functions). A module is imported on first
+# use, so a process loads only the codecs of the dtypes it touches: a q4_0 conversion's code record
+# (workflow/fingerprint.py) names q4_0.py, and an edit to q4_k.py does not rerun it.
+_CODECS: dict[DType, tuple[str, str, str]] = {
+    DType.F32: ("floats", "quantize_f32", "dequantize_f32"),
+    DType.F16: ("floats", "quantize_f16", "dequantize_f16"),
+    DType.BF16: ("floats", "quantize_bf16", "dequantize_bf16"),
+    DType.Q8_0: ("q8_0", "quantize_blocks", "dequantize_blocks"),
+    DType.Q4_0: ("q4_0", "quantize_blocks", "dequantize_blocks"),
+    DType.Q4_K: ("q4_k", "quantize_blocks", "dequantize_blocks"),
+    DType.Q6_K: ("q6_k", "quantize_blocks", "dequantize_blocks"),
 }
+
+
+@functools.cache
+def codec(dtype: DType) -> Codec:
+    """(encode, decode) of `dtype`, importing its module now."""
+    if dtype not in _CODECS:
+        raise FormatError(f"no codec for dtype {dtype.name}")
+    module, encode, decode = _CODECS[dtype]
+    loaded = importlib.import_module(f".{module}", __package__)
+    return getattr(loaded, encode), getattr(loaded, decode)
 
 # Elements handled per step: small enough that a step's temporaries stay in the CPU cache,
 # large enough to amortize numpy's per-call overhead (the K-quants make hundreds of calls per step).
@@ -73,7 +87,7 @@ def _chunks(n_blocks: int, dtype: DType):
 
 def quantize(dtype: DType, x: np.ndarray) -> np.ndarray:
     """Encode float32 `x` (any shape, rows = last dim) as `dtype` storage bytes."""
-    encode = _CODECS[dtype][0]
+    encode = codec(dtype)[0]
     x = np.asarray(x, dtype=np.float32)
     rows, cols = _rows_cols(x.shape)
     per_row = math.ceil(cols / dtype.block_elems)
@@ -108,7 +122,7 @@ def dequantize(dtype: DType, raw: np.ndarray | bytes | memoryview, shape: tuple[
     per_row = math.ceil(cols / dtype.block_elems)
     blocks = data.reshape(rows * per_row, dtype.block_bytes)
     out = np.empty((rows * per_row, dtype.block_elems), np.float32)
-    decode = _CODECS[dtype][1]
+    decode = codec(dtype)[1]
     for part in _chunks(blocks.shape[0], dtype):
         decode(blocks[part], out[part])
     out = out.reshape(rows, per_row * dtype.block_elems)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import importlib
 import os
 import threading
 import warnings
@@ -44,19 +45,23 @@ def _bind(path: Path) -> ctypes.CDLL:
     return lib
 
 
-def _self_check(lib: ctypes.CDLL) -> str | None:
-    """None if the library reproduces the numpy ports on edge-case blocks, else what differs."""
-    from . import q4_0, q4_k, q6_k
+# name -> (its numpy port's module in this package, block elements, block bytes)
+_PORTS = {"q4_0": ("q4_0", 32, 18), "q4_k": ("q4_k", 256, 144), "q6_k": ("q6_k", 256, 210)}
 
-    blocks = probe_blocks()
-    for name, module, elems, nbytes in (("q4_0", q4_0, 32, 18), ("q4_k", q4_k, 256, 144), ("q6_k", q6_k, 256, 210)):
-        x = blocks.reshape(-1, elems)
-        ours = np.empty((x.shape[0], nbytes), np.uint8)
-        ref = np.empty_like(ours)
-        getattr(lib, f"{name}_quantize")(x.ctypes.data, ours.ctypes.data, x.shape[0])
-        module.quantize_blocks_numpy(x, ref)
-        if not np.array_equal(ours, ref):
-            return f"{name}: {int((ours != ref).any(axis=1).sum())} of {x.shape[0]} blocks differ"
+
+def _self_check(lib: ctypes.CDLL, name: str) -> str | None:
+    """None if kernel `name` reproduces its numpy port on edge-case blocks, else what differs. Each kernel
+    is checked on its first use, against its own port only: a process that quantizes q4_0 loads no
+    other quantizer's code (its code record, apr_qa.workflow.fingerprint, stays the q4_0 codec's)."""
+    module_name, elems, nbytes = _PORTS[name]
+    module = importlib.import_module(f".{module_name}", __package__)
+    x = probe_blocks().reshape(-1, elems)
+    ours = np.empty((x.shape[0], nbytes), np.uint8)
+    ref = np.empty_like(ours)
+    getattr(lib, f"{name}_quantize")(x.ctypes.data, ours.ctypes.data, x.shape[0])
+    module.quantize_blocks_numpy(x, ref)
+    if not np.array_equal(ours, ref):
+        return f"{name}: {int((ours != ref).any(axis=1).sum())} of {x.shape[0]} blocks differ"
     return None
 
 
@@ -79,10 +84,21 @@ def probe_blocks() -> np.ndarray:
 _LOCK = threading.Lock()
 
 
-def library() -> ctypes.CDLL | None:
-    """The checked compiled kernels, or None (numpy ports) with a warning saying why; built once."""
+def library(*names: str) -> ctypes.CDLL | None:
+    """The compiled kernels with the named ones (all without names) checked against their numpy ports,
+    or None (numpy ports) with a warning saying why; built once, each kernel checked once."""
     with _LOCK:  # quantizer threads arrive together on first use
-        return _library()
+        lib = _library()
+        return lib if lib is not None and all(_checked(lib, name) for name in names or _PORTS) else None
+
+
+@functools.cache
+def _checked(lib: ctypes.CDLL, name: str) -> bool:
+    problem = _self_check(lib, name)
+    if problem:
+        warnings.warn(f"compiled quantizer disagrees with its numpy port ({problem}): using the numpy port",
+                      RuntimeWarning, stacklevel=4)
+    return problem is None
 
 
 @functools.lru_cache(maxsize=1)
@@ -97,11 +113,6 @@ def _library() -> ctypes.CDLL | None:
         warnings.warn(f"cannot build {SOURCE.name} ({exc}): quantizing with the slower numpy ports",
                       RuntimeWarning, stacklevel=3)
         return None
-    problem = _self_check(lib)
-    if problem:
-        warnings.warn(f"compiled quantizers disagree with the numpy ports ({problem}): using the numpy ports",
-                      RuntimeWarning, stacklevel=3)
-        return None
     return lib
 
 
@@ -111,7 +122,7 @@ def run(name: str, blocks: np.ndarray, out: np.ndarray) -> bool:
     False (nothing written) when the compiled kernels are unavailable or disabled."""
     if os.environ.get(DISABLE_ENV) == "0":
         return False
-    lib = library()
+    lib = library(name)
     if lib is None:
         return False
     src = np.ascontiguousarray(blocks, dtype=np.float32)

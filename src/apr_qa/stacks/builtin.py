@@ -8,7 +8,5 @@ def unavailable(spec) -> str | None:
 
 
 def fingerprint_parts(spec, variant: str | None) -> list[str]:
-    """The runtime's code fingerprint, as the evaluate stage computes it for the variant."""
-    from ..workflow.fingerprint import fingerprint
-
-    return [fingerprint("evaluate", variant)]
+    """Nothing beyond the spec: the runtime is the package's own code, in the job's code record."""
+    return []

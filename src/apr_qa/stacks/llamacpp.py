@@ -55,18 +55,14 @@ def build_features() -> str:
 
 
 def fingerprint_parts(spec, variant: str | None) -> list[str]:
-    """The package version, the build's features, the hash of each shared library, and the GGUF export
-    code."""
+    """The package version, the build's features and the hash of each shared library (a rebuild of the
+    same version changes them; the GGUF export code is in the job's code record)."""
     try:
         version = metadata.version(DISTRIBUTION)
     except metadata.PackageNotFoundError:
         version = "absent"
-    from .. import gguf_export
-
-    export_dir = Path(gguf_export.__file__).parent
     return ([f"{DISTRIBUTION}=={version}", f"build={build_features()}"]
-            + [f"{p.name}={file_digest(p)}" for p in shared_libraries()]
-            + [f"gguf_export/{p.name}={file_digest(p)}" for p in sorted(export_dir.glob("*.py"))])
+            + [f"{p.name}={file_digest(p)}" for p in shared_libraries()])
 
 
 def export_for_stack(model_path: Path, work_dir: Path) -> tuple[Path, dict]:

@@ -15,9 +15,6 @@ from ..errors import AprQaError
 KINDS = ("builtin", "llamacpp", "command")
 LOGITS_KINDS = ("full", "top", "none")
 MODEL_FORMATS = ("apr", "gguf")
-PACKAGE_DIR = Path(__file__).resolve().parent
-# the harness code every non-builtin stack's evaluation goes through besides its own module
-SHARED_FILES = ("__init__.py", "registry.py", "adapter.py")
 
 
 @dataclass(frozen=True)
@@ -119,10 +116,10 @@ def configured_stacks(value: Any, where: str | Path | None = None) -> tuple[list
 
 
 def stack_fingerprint(spec: StackSpec | str, variant: str | None = None) -> str:
-    """`<name>:<16 hex>`: what the stack's evaluation depends on beyond the evaluation harness (whose
-    own fingerprint the rule carries as well). builtin: our runtime's code (the evaluate stage's
-    fingerprint); llamacpp: llama-cpp-python's version and the hash of its shared libraries, with the
-    GGUF export code; command: the sha256 of the executable (and of every file argv names) plus argv."""
+    """`<name>:<16 hex>`: what the stack's evaluation depends on beyond the package's Python code and the
+    libraries it imports (which the job's code record covers, apr_qa.workflow.fingerprint): the spec;
+    llamacpp: its build's features and the hash of its shared libraries (a local rebuild of the same
+    version); command: the sha256 of the executable (and of every file argv names) plus argv."""
     if isinstance(spec, str):
         spec = StackSpec.parse(spec)
     return _fingerprint(spec.to_json(), variant)
@@ -131,9 +128,7 @@ def stack_fingerprint(spec: StackSpec | str, variant: str | None = None) -> str:
 @functools.cache
 def _fingerprint(spec_json: str, variant: str | None) -> str:
     spec = StackSpec.parse(spec_json)
-    parts = _module(spec.kind).fingerprint_parts(spec, variant)
-    if spec.kind != "builtin":
-        parts += [f"{name}={file_digest(PACKAGE_DIR / name)}" for name in (*SHARED_FILES, f"{spec.kind}.py")]
+    parts = [spec_json, *_module(spec.kind).fingerprint_parts(spec, variant)]
     return f"{spec.name}:{hashlib.sha256(chr(0).join(parts).encode()).hexdigest()[:16]}"
 
 

@@ -1,184 +1,216 @@
-"""Stack fingerprints: a hash of exactly the source files and library versions a stage's output depends on.
+"""Code fingerprints: which code and library versions a workflow job's output depends on, recorded by
+the job itself (the way compilers' depfiles and ccache work).
 
-Each workflow rule carries its stage's fingerprint as a string param, so Snakemake reruns a job when
-(and only when) that code or library changed. The stage lists are explicit rather than traced: a traced
-import graph would pull in every quantizer for every variant (quant/__init__ imports them all),
-while a q4_0 file depends only on the q4_0 codec; a variant's codec files are derived from the
-quantization and codec registries (below). Each (stage, variant) is computed once per process:
-planning asks for it from every job, and the code cannot change under a running Snakemake.
+Every `apr-qa` process of a job adds what it loaded to the job's *code record* when it exits, if
+$APR_QA_CODE_RECORD names one (cli.py): the package's modules in `sys.modules`, the C sources it
+compiled or loaded (`native_build`), the distributions its imported modules came from, with versions,
+and the Python version. The processes of one job (`cache restore && verify-checksums && convert ...`, the
+scenarios a certification spawns) all merge into the same record.
+
+Planning turns a record into the job's `code` param (`plan_key`): a digest of the recorded files'
+current bytes and the recorded libraries' current versions. Snakemake's params trigger reruns the job
+when it changes, so an edit to any module the job loaded, or an upgrade of any library it imported,
+reruns it, and nothing else does. A job that starts importing a new module records it on its next run,
+which happens because the module that imports it changed. The record also keeps the key the job ran
+under, so that a rerun does not change the param a second time.
+
+What a job never loads is not in its record: a q4_0 conversion loads the q4_0 codec only (quant/
+loads a dtype's codec on first use), `apr-qa convert` loads commands/convert.py and not the other
+command modules (cli.py imports the one command it runs).
 """
 
 from __future__ import annotations
 
-import ast
+import contextlib
+import fcntl
 import functools
 import hashlib
+import json
+import os
+import platform
+import shlex
+import sys
 from importlib import metadata
 from pathlib import Path
+from types import ModuleType
 
-from ..dtypes import QUANT_LEVELS
+from .. import native_build
+from ..cli import CODE_KEY_ENV, CODE_RECORD_ENV
+from ..fsutil import write_text_atomic
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # src/apr_qa
-
-CODEC_PACKAGE = "quant"
-CODEC_COMMON = ["quant/__init__.py"]  # pads, chunks and dispatches every dtype
-CORE = ["dtypes.py", "errors.py", "fsutil.py", "metadata.py", "native_build.py"]  # builds the C kernels
-# The architecture registry decides names, layouts, quantization exemptions and the runtime graph of
-# every family; all of it is hashed (an edit to one family reruns every model's conversion, never
-# leaves one stale: which family a model is becomes known only after its download).
-READERS = ["apr/", "sources/", "arch/"]
-CONVERTER = ["convert.py", "commands/convert.py", *READERS, *CORE]
-
-# `apr-qa eval` runs these for every stack; another stack's own module is in its stack fingerprint
-STACK_HARNESS = ["stacks/__init__.py", "stacks/registry.py", "stacks/builtin.py", "stacks/evaluation.py",
-                 "stacks/logits_file.py", "stacks/adapter.py"]
-
-STAGES: dict[str, tuple[list[str], list[str], bool]] = {
-    # stage: (files under src/apr_qa, distributions, depends on the variant's codec)
-    "download": (["workflow/download.py", "workflow/checksums.py", "fsutil.py", "errors.py"], ["huggingface_hub"],
-                 False),
-    "convert": (CONVERTER, ["numpy", "gguf", "safetensors"], True),
-    "validate": (["validate.py", "precision.py", "evidence.py", "gate_catalogue.py", "layout.py", *CONVERTER],
-                 ["numpy", "gguf", "safetensors", "pyyaml"], True),
-    "evaluate": (["runtime/", "evaluation/", "commands/evaluate.py", "evidence.py", *STACK_HARNESS, *READERS, *CORE],
-                 ["torch", "numpy", "tokenizers", "gguf", "safetensors", "pyyaml", "scipy"], True),
-    "corpus": (["runtime/", "evaluation/", "commands/evaluate.py", "yamlsafe.py", *READERS, *CORE],
-               ["torch", "numpy", "tokenizers", "gguf", "safetensors", "pyyaml", "scipy"], False),
-    "golden": (["runtime/", "evaluation/", "commands/evaluate.py", *READERS, *CORE],
-               ["torch", "numpy", "tokenizers", "gguf", "safetensors", "pyyaml", "scipy"], False),
-    "oracle": (["runtime/", "evaluation/oracle.py", "evaluation/prompts.py", "commands/oracle.py", *READERS, *CORE],
-               ["torch", "transformers", "tokenizers", "gguf", "safetensors"], False),
-    "diff": (["stacks/differential.py", "stacks/logits_file.py", "commands/stacks.py",
-              "evaluation/logit_consistency.py", "evaluation/stats.py", "evidence.py"], ["numpy", "torch"], False),
-    "gate": (["workflow/andon.py", "evidence.py"], [], False),
-    "summarize": (["workflow/summary.py", "workflow/andon.py", "workflow/integrity.py", "layout.py", "evidence.py"],
-                  [], False),
-    "report": (["workflow/report.py", "workflow/summary.py", "workflow/blocked.py", "certify/", "commands/certify.py",
-                "layout.py", "gate_catalogue.py", "stacks/report_section.py", "stacks/differential.py",
-                "workflow/corpus_section.py"],
-               ["tabulate", "matplotlib"], False),
-}
+NEW = "new"  # the key of a job that has no record yet (its first run)
 
 
-def components(stage: str, variant: str | None = None) -> tuple[list[Path], dict[str, str]]:
-    """The files (sorted) and distribution versions behind `stage` (for `variant`). A listed file
-    that does not exist is an error: a fingerprint that silently skips a file misses its edits."""
-    if stage not in STAGES:
-        raise KeyError(f"unknown stage {stage!r} (known: {', '.join(STAGES)})")
-    entries, dists, per_variant = STAGES[stage]
-    entries = list(entries)
-    if per_variant:
-        if variant not in QUANT_LEVELS:
-            raise KeyError(f"stage {stage!r} needs a variant (one of {', '.join(QUANT_LEVELS)})")
-        entries += CODEC_COMMON + variant_codec_files(variant)
-    files: set[Path] = set()
-    for entry in entries:
-        path = PACKAGE_ROOT / entry
-        if entry.endswith("/"):
-            files.update(p for p in path.rglob("*") if p.suffix in (".py", ".c"))  # C kernels are code too
-        elif path.is_file():
-            files.add(path)
-        else:
-            raise FileNotFoundError(f"fingerprint of {stage}: {path} does not exist (workflow/fingerprint.py names it)")
-    return sorted(files), {dist: _version(dist) for dist in dists}
+# -- the job's side: record what this process loaded -------------------------------------------------
 
-
-# -- the codec files of a variant, derived from the registries -------------------------------------
-# A variant's bytes go through the codec modules of every dtype its files may hold: its weights
-# dtype, the dtypes its recipe module (QuantLevel.recipe) names, and the dtypes convert keeps
-# instead of re-quantizing (KEPT_DTYPES). Each dtype's module is the one apr_qa/quant/__init__.py
-# registers for it in _CODECS; the modules it imports from the package and the C sources it names
-# (quant/native.py compiles quant/kernels.c) are hashed with it.
-
-# convert.stored_dtype: a Q6_K source tensor asked to become Q4_K is copied as Q6_K.
-KEPT_DTYPES: dict[str, tuple[str, ...]] = {"Q4_K": ("Q6_K",)}
-
-
-@functools.cache
-def _codec_modules() -> dict[str, str]:
-    """DType name -> codec file, read from the `_CODECS` table of quant/__init__.py."""
-    tree = ast.parse((PACKAGE_ROOT / CODEC_PACKAGE / "__init__.py").read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.AnnAssign | ast.Assign) and isinstance(node.value, ast.Dict):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            if any(isinstance(t, ast.Name) and t.id == "_CODECS" for t in targets):
-                out = {}
-                for key, value in zip(node.value.keys, node.value.values, strict=True):
-                    assert isinstance(key, ast.Attribute) and isinstance(value, ast.Tuple)
-                    encode = value.elts[0]
-                    assert isinstance(encode, ast.Attribute) and isinstance(encode.value, ast.Name)
-                    out[key.attr] = f"{CODEC_PACKAGE}/{encode.value.id}.py"
-                return out
-    raise FileNotFoundError(f"{PACKAGE_ROOT / CODEC_PACKAGE / '__init__.py'}: no _CODECS table")
-
-
-def _dtype_names(source: str) -> set[str]:
-    """The DType members a module names (DType.Q6_K, ...)."""
-    return {n.attr for n in ast.walk(ast.parse(source))
-            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "DType"}
-
-
-def _with_dependencies(files: list[str]) -> set[str]:
-    """`files`, the codec package's modules they import (quant/native.py, which loads the compiled
-    kernels) and the C sources those name. Imports of the imported modules are not followed: native.py
-    checks the compiled kernels against every numpy port, but a variant's bytes come from its own."""
-    out = set(files)
-    for rel in files:
-        for node in ast.walk(ast.parse((PACKAGE_ROOT / rel).read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:  # from . import x / from .x import y
-                names = [node.module] if node.module else [a.name for a in node.names]
-                out.update(f"{CODEC_PACKAGE}/{n}.py" for n in names
-                           if (PACKAGE_ROOT / CODEC_PACKAGE / f"{n}.py").exists())
-    for rel in list(out):
-        out.update(f"{CODEC_PACKAGE}/{node.value}" for node in ast.walk(ast.parse((PACKAGE_ROOT / rel).read_text()))
-                   if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.endswith(".c"))
+def loaded_files(modules: dict[str, ModuleType]) -> set[str]:
+    """The package's files among `modules` (sys.modules) and the C sources of the native libraries
+    loaded, relative to the package root."""
+    out = set()
+    for module in modules.values():
+        path = getattr(module, "__file__", None)
+        if path and (rel := _relative(Path(path))):
+            out.add(rel)
+    if "apr_qa.native_build" in modules:
+        out.update(rel for source in native_build.SOURCES if (rel := _relative(source)))
     return out
 
 
-@functools.cache
-def _variant_codec_files(variant: str) -> tuple[str, ...]:
-    level = QUANT_LEVELS[variant]
-    weights = level.weights.name
-    dtypes = {weights, *KEPT_DTYPES.get(weights, ())}
-    files = []
-    if level.recipe:
-        module = f"{CODEC_PACKAGE}/{level.recipe}.py"
-        files.append(module)
-        dtypes |= _dtype_names((PACKAGE_ROOT / module).read_text())
-    codecs = _codec_modules()
-    missing = sorted(d for d in dtypes if d not in codecs)
-    if missing:
-        raise KeyError(f"variant {variant!r}: no codec registered for {', '.join(missing)} in quant/__init__.py")
-    files += [codecs[d] for d in sorted(dtypes)]
-    return tuple(sorted(_with_dependencies(files)))
+def loaded_distributions(modules: dict[str, ModuleType], startup: frozenset[str] = frozenset()) -> dict[str, str]:
+    """The installed distributions whose modules are among `modules` (not counting `startup`, what the
+    interpreter loaded before the command started), with their versions, and the Python version (a new
+    interpreter reruns everything)."""
+    owners = _module_owners()
+    names = {name.partition(".")[0] for name in modules} - startup
+    out = {dist: version for name in names for dist, version in owners.get(name, [])}
+    out.pop("apr-qa", None)  # the package's own files are hashed, not its version
+    out["python"] = platform.python_version()
+    return out
 
 
-def variant_codec_files(variant: str) -> list[str]:
-    """The codec files (relative to src/apr_qa) a variant's bytes depend on."""
-    return list(_variant_codec_files(variant))
+def merge_into(record: Path, key: str, modules: dict[str, ModuleType], startup: frozenset[str] = frozenset()) -> None:
+    """Add the files and distributions of `modules` to `record` (under a lock: a job's processes may
+    run concurrently), and store the digest they have now with the key the job runs under."""
+    record.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(record.parent):
+        files, dists = loaded_files(modules), loaded_distributions(modules, startup)
+        old = _read(record)
+        if old is not None and old.get("key") == key:
+            files |= set(old["files"])
+            dists = {**old["distributions"], **dists}
+        names, versions = sorted(files), dict(sorted(dists.items()))
+        body = {"key": key, "files": names, "distributions": versions, "digest": digest(names, versions)}
+        write_text_atomic(record, json.dumps(body, indent=1) + "\n")
 
 
-@functools.cache
-def _version(dist: str) -> str:
+# -- the plan's side: the job's param ------------------------------------------------------------------
+
+def plan_key(rule: str, record: str | Path, root: Path = PACKAGE_ROOT) -> str:
+    """The `code` param of a job: `<rule>:new` before its first run; the key it last ran under while the
+    recorded files and versions are unchanged; else `<rule>:<digest of what they are now>`."""
+    body = _read(Path(record))
+    if body is None:
+        return f"{rule}:{NEW}"
+    now = digest(body["files"], body["distributions"], root)
+    return body["key"] if now == body["digest"] else f"{rule}:{now}"
+
+
+def job_keys(results: str | Path, root: Path = PACKAGE_ROOT) -> dict[str, str]:
+    """Every recorded job under `results` (its record's path below .code/, without .json) -> its key."""
+    base = Path(results) / ".code"
+    return {p.relative_to(base).with_suffix("").as_posix(): plan_key(rule_of(p), p, root)
+            for p in sorted(base.rglob("*.json"))}
+
+
+def rule_of(record: Path) -> str:
+    """The rule a record belongs to: the folder below .code/ (layout.code_record)."""
+    parts = record.parts
+    return parts[parts.index(".code") + 1].removesuffix(".json") if ".code" in parts[:-1] else "job"
+
+
+def job_env(record: str, key: str) -> str:
+    """The shell prefix that makes a job's `apr-qa` processes record into `record` (a new record per
+    run: a rerun may load other modules than the run before)."""
+    quoted = shlex.quote(record)
+    return f"export {CODE_RECORD_ENV}={quoted} {CODE_KEY_ENV}={shlex.quote(key)}; rm -f {quoted};"
+
+
+def digest(files: list[str], dists: dict[str, str], root: Path = PACKAGE_ROOT) -> str:
+    """16 hex of sha256 over each file's path and bytes (a deleted file counts as changed) and each
+    distribution's name and *current* version."""
+    h = hashlib.sha256()
+    for rel in sorted(files):
+        h.update(rel.encode() + b"\0" + _file_digest(root / rel) + b"\0")
+    current = _installed_versions()
+    for dist in sorted(dists):
+        version = platform.python_version() if dist == "python" else current.get(dist, "absent")
+        h.update(f"{dist}=={version}\0".encode())
+    return h.hexdigest()[:16]
+
+
+def explain(record: str | Path, root: Path = PACKAGE_ROOT) -> list[str]:
+    """One line per recorded file and distribution, each marked `changed` where it differs now."""
+    body = _read(Path(record))
+    if body is None:
+        raise FileNotFoundError(f"{record}: no code record (the job has not run)")
+    current = _installed_versions()
+    lines = [f"key {body['key']}; now {plan_key('job', record, root)}"]
+    lines += [f"  {rel}" for rel in body["files"]]
+    for dist, version in body["distributions"].items():
+        now = platform.python_version() if dist == "python" else current.get(dist, "absent")
+        lines.append(f"  {dist}=={now}" + ("" if now == version else f" (recorded {version}: changed)"))
+    return lines
+
+
+# -- helpers ---------------------------------------------------------------------------------------------
+
+def _relative(path: Path) -> str | None:
     try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "absent"
+        return path.resolve().relative_to(PACKAGE_ROOT).as_posix()
+    except ValueError:
+        return None
+
+
+def _read(record: Path) -> dict | None:
+    try:
+        return json.loads(record.read_text())
+    except FileNotFoundError:
+        return None
+
+
+@contextlib.contextmanager
+def _locked(folder: Path):
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 @functools.cache
 def _file_digest(path: Path) -> bytes:
-    return hashlib.sha256(path.read_bytes()).digest()
+    try:
+        return hashlib.sha256(path.read_bytes()).digest()
+    except FileNotFoundError:
+        return b"missing"
+
+
+def _site_state() -> str:
+    """Changes whenever a distribution is installed, upgraded or removed (each adds or removes a
+    *.dist-info folder, which changes its parent's mtime)."""
+    parts = []
+    for entry in sys.path:
+        with contextlib.suppress(OSError):
+            parts.append(f"{entry}:{os.stat(entry or '.').st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 @functools.cache
-def fingerprint(stage: str, variant: str | None = None) -> str:
-    """`<stage>:<16 hex>` over the files' relative paths and contents and the versions."""
-    files, versions = components(stage, variant)
-    h = hashlib.sha256()
-    for path in files:
-        h.update(path.relative_to(PACKAGE_ROOT).as_posix().encode() + b"\0")
-        h.update(_file_digest(path))
-    for dist, version in sorted(versions.items()):
-        h.update(f"{dist}=={version}\0".encode())
-    return f"{stage}:{h.hexdigest()[:16]}"
+def _distribution_table() -> dict:
+    """{"owners": top-level module -> [[dist, version]], "versions": dist -> version}. Scanning every
+    installed distribution takes most of a second, so the table is cached (native_build's cache folder)
+    per state of the site folders."""
+    cache = native_build.cache_dir() / f"distributions-{_site_state()}.json"
+    with contextlib.suppress(OSError, ValueError):
+        return json.loads(cache.read_text())
+    versions: dict[str, str] = {}
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"]
+        if name:
+            versions.setdefault(name, dist.version)
+    owners = {module: sorted({(d, versions[d]) for d in dists if d in versions})
+              for module, dists in metadata.packages_distributions().items()}
+    table = {"owners": owners, "versions": versions}
+    with contextlib.suppress(OSError):
+        write_text_atomic(cache, json.dumps(table))
+    return table
+
+
+def _module_owners() -> dict[str, list[list[str]]]:
+    return _distribution_table()["owners"]
+
+
+def _installed_versions() -> dict[str, str]:
+    return _distribution_table()["versions"]

@@ -27,8 +27,7 @@ from ..render import number as _num
 from ..stacks.report_section import differential_blocks, read_differentials
 from .corpus_section import corpus_blocks
 from .andon import stop_reason
-from .fingerprint import STAGES as FP_STAGES
-from .fingerprint import fingerprint
+from .fingerprint import job_keys
 from .model_cache import report_blocks as model_cache_blocks
 from .report_sections import (board_blocks, board_status, certification_view, detail_blocks, figure_blocks,
                               headline, scenario_summary, tone)
@@ -191,9 +190,13 @@ def _tail(results: Path, models: list[str], variants: list[str], prompts: Path |
 
     out += model_cache_blocks([read_json(path(results, "manifest", model=m)) or {} for m in models])
     out += [("h2", "Stack")]
-    table = [[stage, v or "-", fingerprint(stage, v).split(":")[1]]
-             for stage, (_, _, per_variant) in FP_STAGES.items() for v in (variants if per_variant else [None])]
-    out += [("table", ["stage", "variant", "fingerprint"], table)]
+    out += [("p", "The code behind each kind of job: the digest of the package files and library versions its "
+                  "jobs loaded (docs/rebuild.md); jobs that loaded the same code share one.")]
+    by_job: dict[str, list[str]] = {}
+    for job, key in job_keys(results).items():
+        by_job.setdefault(job.split("/")[0], []).append(key.split(":")[1])
+    table = [[job, len(keys), ", ".join(sorted(set(keys)))] for job, keys in by_job.items()]
+    out += [("table", ["job", "jobs", "code fingerprints"], table)]
     out += [("p", "Host: " + ", ".join([platform.node(), f"{platform.system()} {platform.release()}",
                                         platform.machine(),
                                         f"{os.cpu_count()} CPUs", f"Python {platform.python_version()}"])),

@@ -1,9 +1,7 @@
-"""What a certification tier decides for the workflow: the variants built, the Andon policy, and
-the stack fingerprint of the per-model certification (rules/certify.smk)."""
+"""What a certification tier decides for the workflow: the variants built and the Andon policy."""
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from ..errors import AprQaError
@@ -27,16 +25,3 @@ def tier_variants(playbook: dict[str, Any], allowed: list[str], model: str = "")
         raise AprQaError(f"{model or 'config'}: none of the variants {allowed} is in tier {playbook['name']}'s "
                          f"quantizations {spec['quantizations']}")
     return chosen
-
-
-def certification_fingerprint(variants: list[str]) -> str:
-    """The certification's stack: the certify package and CLI, plus each variant's evaluate stack
-    (runtime, codec, torch), which the scenarios run."""
-    from .fingerprint import PACKAGE_ROOT, fingerprint
-
-    h = hashlib.sha256()
-    for v in sorted(variants):
-        h.update(fingerprint("evaluate", v).encode())
-    for path in sorted((PACKAGE_ROOT / "certify").glob("*.py")) + [PACKAGE_ROOT / "commands" / "certify.py"]:
-        h.update(path.name.encode() + b"\0" + path.read_bytes())
-    return f"certification:{h.hexdigest()[:16]}"
