@@ -46,15 +46,15 @@ rule all:
 
 onstart:
     # Temporary files of killed runs are removed; the board is marked "not current" until this run
-    # ends (rules/common.smk: After a crash).
-    start_run()
+    # ends (apr_qa.workflow.lifecycle: after a crash).
+    LINE.start()
 
 
 onsuccess:
-    finish_run()
+    LINE.finish()
 
 
 onerror:
     # A failed run still gets its Andon board: every failed variant shows as BLOCKED with its gate,
     # and (with a tier) each model with a blocked variant a BLOCKED certification with its Five Whys.
-    write_report_after_failure()
+    LINE.after_failure()

@@ -1,12 +1,11 @@
 # Shared settings and helpers.
 #
-# Early cutoff. Snakemake reruns every job downstream of a rerun job, even when the new output is
-# byte-identical. Here each producing stage is a checkpoint and each consumer takes the producer's
-# output as ancient() input (so a rerun upstream does not by itself trigger it) plus a param that
-# is the *content digest* of that output. When a checkpoint finishes, Snakemake re-evaluates its
-# consumers and recomputes their params: a changed digest reruns them, an identical one does not.
-# Digests of large files come from the stat-keyed checksum cache (apr_qa.workflow.checksums), which
-# the producing rule fills, so planning never rehashes an unchanged .apr.
+# Config, artifact paths and the input and param functions the rules share; the logic behind them
+# lives in the package (docs/rebuild.md explains the mechanisms):
+#
+# Early cutoff. Each producing stage is a checkpoint; each consumer takes the producer's output as
+# ancient() input plus a param holding its content digest (apr_qa.workflow.cutoff), so a rerun that
+# writes the same bytes cascades no further.
 #
 # Code changes. Every job records the package files, C sources and library versions its apr-qa
 # processes loaded; its `code` param is their digest (apr_qa.workflow.fingerprint, docs/rebuild.md),
@@ -30,7 +29,6 @@ import os
 import shlex
 import shutil
 import sys
-import time
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -39,10 +37,9 @@ from snakemake.io import apply_wildcards
 from apr_qa import layout
 from apr_qa.certify.playbooks import load_playbook
 from apr_qa.stacks import configured_stacks, stack_fingerprint
-from apr_qa.workflow import checksums, fingerprint, integrity
+from apr_qa.workflow import checksums, fingerprint, integrity, lifecycle
 from apr_qa.workflow.tiers import ANDON_POLICY, tier_variants
-from apr_qa.workflow.download import weights_key
-from apr_qa.workflow.tempfiles import remove_stale_temps
+from apr_qa.workflow.cutoff import digest, digest_or_pending, read_json, recorded_sha256, weights_digest
 
 RESULTS = config.get("results", "results")
 REPORT = layout.template(RESULTS, "report")
@@ -74,6 +71,9 @@ if HUB.get("endpoint"):
 if HUB.get("offline"):
     JOB_ENV["HF_HUB_OFFLINE"] = "1"
 JOB_ENV["APR_QA_MODEL_CACHE"] = json.dumps(config.get("model_cache") or {})  # apr_qa.workflow.model_cache
+# envs/apr-qa.yaml installs the package from here: Snakemake builds the environment from a copy of the
+# file under .snakemake/conda/, where a relative path would not name the repository.
+JOB_ENV["APR_QA_ROOT"] = os.path.abspath(workflow.basedir)
 os.environ.update(JOB_ENV)
 
 # Jobs run the apr-qa of the Python environment that runs Snakemake, so `.venv/bin/snakemake` from a
@@ -185,55 +185,9 @@ GATED = f"{RESULTS}/{layout.GATED_EVIDENCE}"  # EVIDENCE or EVALUATION, by the g
 
 
 def cutoff(template):
-    """Input: a checkpoint's output, ancient (a rerun upstream does not by itself trigger us)."""
+    """Input: a checkpoint's output, ancient (a rerun upstream does not by itself trigger us); its
+    consumer carries `digest(template)` as a param (apr_qa.workflow.cutoff)."""
     return ancient(template)
-
-
-def digest(template, key=None):
-    """Param: the content digest of that output; reruns us when, and only when, its bytes changed."""
-
-    def par(wildcards):
-        path = template.format(**dict(wildcards))
-        if not os.path.exists(path):
-            return "pending"
-        return key(path) if key else file_sha256(path)
-
-    return par
-
-
-def per_file_version(read):
-    """read(path), once per version of the file. Planning asks many jobs' params for the same
-    manifest or digest; a checkpoint that rewrites the file changes its stat key (the checksum
-    cache's: size, mtime, ctime, inode), so a re-evaluation after it reads the new bytes.
-    Callers share the result: they must not modify it."""
-    memo = {}
-
-    def cached(path):
-        st = os.stat(path)
-        key = (os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-        if key not in memo:
-            memo[key] = read(path)
-        return memo[key]
-
-    return cached
-
-
-file_sha256 = per_file_version(checksums.sha256)
-
-
-@per_file_version
-def read_json(path):
-    with open(path) as f:
-        return json.load(f)
-
-
-def recorded_sha256(path):
-    """The artifact's sha256 as its producer recorded it: survives eviction of the artifact itself."""
-    return read_json(path)["sha256"]
-
-
-def weights_digest(path):
-    return weights_key(read_json(path))
 
 
 def source_of(wildcards):
@@ -310,160 +264,25 @@ def stack_certification_fingerprint(wildcards):
     return " ".join(sorted({stack_fingerprint(stack, v) for v in VARIANTS[wildcards.model]}))
 
 
-def all_certifications(models):
-    """Every certification file of these models: builtin's, then each other stack's."""
-    return [CERTIFICATION.format(model=m) for m in models] + [
-        STACK_CERTIFICATION.format(model=m, stack=s) for m in models for s in OTHER_STACKS
-    ]
-
-
-def certification_commands(certifications):
-    """With a tier: models.csv and junit.xml of the given certification files."""
-    if not (TIER and certifications):
-        return []
-    files = " ".join(certifications)
-    return [
-        f"rm -f {MODELS_CSV} && apr-qa export-csv {files} --output {MODELS_CSV}",
-        f"apr-qa junit {files} --output {JUNIT}",
-    ]
-
-
-PRICE = config.get("cost", {}).get("usd_per_device_hour")  # the Pareto frontier's cost axis
-
-
-def report_commands():
-    """The report rule: the certification files of every model, then the Andon board (report.md/.html)."""
-    board = (
-        f"apr-qa report --results {RESULTS} --models {','.join(MODELS)} --variants {','.join(ALL_VARIANTS)} "
-        f"--prompts {config['evaluation']['prompts']} --out {REPORT}"
-        + (f" --usd-per-device-hour {PRICE}" if PRICE is not None else "")
-    )
-    return [*certification_commands(all_certifications(MODELS) if TIER else []), board]
-
-
-# After a crash. The board describes the results as they are when the last run ended. A run that
-# executes jobs marks it "not current" when it starts (removing it then would make Snakemake rerun
-# the report rule); the report rule, or else onsuccess/onerror, rewrites it, so a killed run leaves
-# the mark. The next run that finds no Snakemake lock in this directory (after `--unlock`) removes
-# a marked board, so its report rule writes a current one, and the temporary files of killed
-# commands (apr_qa.workflow.tempfiles). A run under the lock (onstart) removes those too.
-
-
-def drop_board():
-    for path in (REPORT, REPORT_HTML):
-        Path(path).unlink(missing_ok=True)
-
-
-def write_board():
-    """The board, written in this process (no apr-qa command needed): it can always be written."""
-    from apr_qa.workflow.report import write_report
-
-    overall = write_report(
-        Path(RESULTS), list(MODELS), ALL_VARIANTS, Path(REPORT), Path(config["evaluation"]["prompts"]), PRICE
-    )
-    print(f"{REPORT}: {overall}", file=sys.stderr)
-
-
-def remove_leftovers():
-    for path in remove_stale_temps([RESULTS, JOB_ENV[checksums.CACHE_ENV]]):
-        print(f"removed {path}: temporary file of a killed run", file=sys.stderr)
+# The run's life outside its jobs: crash recovery, the board's "not current" mark, the model cache's
+# leases, the board and certifications after a failure (apr_qa.workflow.lifecycle; the Snakefile's
+# parse step and onstart/onsuccess/onerror call it).
+LINE = lifecycle.Line(
+    results=Path(RESULTS),
+    models=MODELS,
+    variants=VARIANTS,
+    prompts=Path(config["evaluation"]["prompts"]),
+    checksum_cache=Path(JOB_ENV[checksums.CACHE_ENV]),
+    playbook=PLAYBOOK,
+    other_stacks=OTHER_STACKS,
+    usd_per_device_hour=config.get("cost", {}).get("usd_per_device_hour"),  # the Pareto frontier's cost axis
+)
 
 
 def recover_from_crash():
-    """At parse time, only while no Snakemake holds this directory's lock."""
-    from apr_qa.workflow.report import is_not_current
-
-    if not workflow.is_main_process or any(Path(".snakemake/locks").glob("*.lock")):
-        return
-    remove_leftovers()
-    if is_not_current(Path(REPORT)):
-        print(f"{REPORT} was left 'not current' by an interrupted run: the report rule rewrites it", file=sys.stderr)
-        drop_board()
-
-
-def start_run():
-    """onstart (a run with jobs, under Snakemake's lock)."""
-    from apr_qa.workflow.report import mark_not_current
-
-    remove_leftovers()
-    mark_not_current(Path(REPORT), time.strftime("%Y-%m-%d %H:%M:%S %Z"))
-
-
-def release_leases():
-    """At the end of a run nothing of it is queued any more: the leases its jobs took on the models'
-    revisions in the model cache end here (one left by a killed run expires after lease_hours)."""
-    from apr_qa.workflow import model_cache
-
-    for m in MODELS:
-        manifest = Path(MANIFEST.format(model=m))
-        try:
-            if manifest.exists():
-                model_cache.release(manifest, None)
-        except Exception as exc:  # best effort: the lease still expires
-            print(f"ERROR: releasing the model cache lease of {m}: {exc}", file=sys.stderr)
-
-
-def finish_run():
-    """onsuccess: the board, when this run did not rewrite it (no report job ran)."""
-    from apr_qa.workflow.report import is_not_current
-
-    release_leases()
-    if is_not_current(Path(REPORT)):
-        write_board()
-
-
-def write_report_after_failure():
-    """After a failed run: BLOCKED certifications for the models whose tier variants the gates
-    stopped (from their stage evidence), then the reports of whatever exists. Every step that
-    fails says so on stderr; the board is removed first, so it is never left claiming a state the
-    results no longer have."""
-    drop_board()
-    release_leases()
-    if TIER:
-        from apr_qa.workflow.blocked import certify_blocked
-
-        for m in MODELS:
-            try:
-                if certify_blocked(
-                    Path(RESULTS),
-                    m,
-                    MODELS[m]["repo"],
-                    PLAYBOOK,
-                    VARIANTS[m],
-                    Path(CERTIFICATION.format(model=m)),
-                    family=MODELS[m].get("family"),
-                ) and os.path.exists(MANIFEST.format(model=m)):
-                    shell(f"apr-qa cache release {MANIFEST.format(model=m)} --outcome blocked")
-            except Exception as exc:  # best effort: the board must still be written
-                print(f"ERROR: certification of {m} after failure: {exc}", file=sys.stderr)
-            for name, stack in OTHER_STACKS.items():  # blocked for every stack: the artifact's own gates
-                try:
-                    certify_blocked(
-                        Path(RESULTS),
-                        m,
-                        MODELS[m]["repo"],
-                        PLAYBOOK,
-                        VARIANTS[m],
-                        Path(STACK_CERTIFICATION.format(model=m, stack=name)),
-                        family=MODELS[m].get("family"),
-                        stack=stack,
-                    )
-                except Exception as exc:
-                    print(f"ERROR: certification of {m} on stack {name} after failure: {exc}", file=sys.stderr)
-    existing = [c for c in all_certifications(MODELS) if os.path.exists(c)]
-    for cmd in certification_commands(existing):
-        try:
-            shell(cmd)
-        except Exception as exc:
-            print(f"ERROR: after the failure, `{cmd}` failed too: {exc}", file=sys.stderr)
-    try:
-        write_board()
-    except Exception as exc:
-        print(
-            f"ERROR: the failure report {REPORT} could not be written ({type(exc).__name__}: {exc}); "
-            "there is no report until the next run",
-            file=sys.stderr,
-        )
+    """At parse time: only in the main process, never in a dry run, never under a live lock."""
+    if workflow.is_main_process:
+        LINE.recover_from_crash(locked=any(Path(".snakemake/locks").glob("*.lock")), dry_run=workflow.dryrun)
 
 
 def certified_summaries(wildcards):
@@ -490,7 +309,7 @@ def differentials(wildcards):
 def certifications(wildcards):
     """Every certification (builtin's and each other stack's) of a model its download did not skip
     (none without a tier)."""
-    return all_certifications([m for m in MODELS if downloaded(m)]) if TIER else []
+    return [str(p) for p in LINE.certifications([m for m in MODELS if downloaded(m)])] if TIER else []
 
 
 def certification_digest(evaluation):
@@ -502,13 +321,9 @@ def certification_digest(evaluation):
         for v in VARIANTS[wildcards.model]:
             wc = {**dict(wildcards.items()), "variant": v}
             sha = APR_SHA.format(**wc)
-            parts.append(recorded_sha256(sha) if os.path.exists(sha) else "pending")
-            parts += [
-                file_sha256(p) if os.path.exists(p) else "pending"
-                for p in (EVIDENCE.format(**wc), evaluation.format(**wc))
-            ]
-        manifest = MANIFEST.format(model=wildcards.model)
-        parts.append(weights_digest(manifest) if os.path.exists(manifest) else "pending")
+            parts.append(digest_or_pending(sha, recorded_sha256))
+            parts += [digest_or_pending(p) for p in (EVIDENCE.format(**wc), evaluation.format(**wc))]
+        parts.append(digest_or_pending(MANIFEST.format(model=wildcards.model), weights_digest))
         return ",".join(parts)
 
     return par
@@ -542,34 +357,23 @@ def checksum_records(wildcards):
     ]
 
 
-_reported = set()
-
-
 def integrity_state(wildcards):
     """Param of the report: "intact", or every claimed artifact that is missing or lost its bytes."""
-    problems, halting = [], []
-    for m in MODELS:
-        manifest = MANIFEST.format(model=m)
-        claimed = [t.format(model=m, variant=v) for v in VARIANTS[m] for t in CLAIMED]
-        if not os.path.exists(manifest):
-            problems += [f"{manifest}: missing"] if any(map(os.path.exists, claimed)) else []
-            continue
-        if read_json(manifest).get("status") != "ok":
-            continue
-        claimed += [CERTIFICATION.format(model=m)] if TIER else []
-        claimed += [ORACLE.format(model=m)] if ORACLE_ON else []
-        problems += [f"{p}: missing" for p in claimed if not os.path.exists(p)]
-        for record in [manifest] + [APR_SHA.format(model=m, variant=v) for v in VARIANTS[m]]:
-            found = integrity.problem_unless_unchanged(Path(record))
-            if found and (record == manifest or found[1] != "missing"):  # a missing .apr is rebuilt
-                halting.append(f"{found[0]}: {found[1]}")
-    for p in halting:
-        if p not in _reported:
-            _reported.add(p)
-            print(f"INTEGRITY: {p}; the report job halts on it", file=sys.stderr)
-    return "; ".join(problems + halting) or "intact"
+    return integrity.state(
+        [
+            integrity.Claims(
+                manifest=Path(MANIFEST.format(model=m)),
+                artifacts=[Path(t.format(model=m, variant=v)) for v in VARIANTS[m] for t in CLAIMED],
+                if_downloaded=[Path(CERTIFICATION.format(model=m))] * bool(TIER)
+                + [Path(ORACLE.format(model=m))] * ORACLE_ON,
+                records=[Path(MANIFEST.format(model=m))]
+                + [Path(APR_SHA.format(model=m, variant=v)) for v in VARIANTS[m]],
+            )
+            for m in MODELS
+        ]
+    )
 
 
 def summaries_digest(wildcards):
     paths = [SUMMARY.format(model=m, variant=v) for m in MODELS for v in VARIANTS[m]]
-    return ",".join(file_sha256(p) if os.path.exists(p) else "pending" for p in paths)
+    return ",".join(digest_or_pending(p) for p in paths)

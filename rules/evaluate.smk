@@ -74,7 +74,7 @@ checkpoint evaluate:
         logits=lambda wc, output: f"--logits {output.logits}" if OTHER_STACKS else "",
         andon=lambda wc, output: andon("evaluate", f"{wc.model}/{wc.variant}", output.evaluation),
     shell:
-        "{params.code} ({params.andon} sh -c 'apr-qa checksum {input.apr} --expect {input.sha} && "
+        "{params.code} ({params.andon} sh -c 'apr-qa cache restore {input.manifest} && apr-qa checksum {input.apr} --expect {input.sha} && "
         "apr-qa verify-checksums {input.manifest} && "
         "apr-qa eval {input.apr} --reference {input.golden} --prompts {input.prompts} --runs {params.runs} "
         "--device {params.device} --threads {threads} {params.corpus_args} {params.timeout} "

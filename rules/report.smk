@@ -72,6 +72,6 @@ rule report:
         summaries=summaries_digest,
         integrity=integrity_state,
         verify=lambda wc, input: f"apr-qa verify-checksums {' '.join(input.records)} && " if input.records else "",
-        cmd=" && ".join(report_commands()),
+        cmd=" && ".join(LINE.report_commands()),
     shell:
         "{params.code} ({params.verify}{params.cmd}) > {log} 2>&1"

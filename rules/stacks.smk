@@ -41,7 +41,8 @@ rule evaluate_stack:
         extra=config["evaluation"].get("extra_args", ""),
     shell:
         # exit 1 (a gate of the stack's own evaluation failed) is evidence for the report, not a failed job
-        "{params.code} (apr-qa checksum {input.apr} --expect {input.sha} && apr-qa verify-checksums {input.manifest} && "
+        "{params.code} (apr-qa cache restore {input.manifest} && apr-qa checksum {input.apr} --expect {input.sha} && "
+        "apr-qa verify-checksums {input.manifest} && "
         "{{ apr-qa eval {input.apr} --reference {input.golden} --prompts {input.prompts} --runs {params.runs} "
         "--threads {threads} {params.timeout} {params.corpus_args} {params.extra} --stack {params.spec} "
         "--variant {wildcards.variant} "

@@ -26,7 +26,7 @@ checkpoint validate:
         tolerances=f"--tolerances {TOLERANCES}" if TOLERANCES else "",
         andon=lambda wc, output: andon("validate", f"{wc.model}/{wc.variant}", output.evidence),
     shell:
-        "{params.code} ({params.andon} sh -c 'apr-qa checksum {input.apr} --expect {input.sha} && "
+        "{params.code} ({params.andon} sh -c 'apr-qa cache restore {input.manifest} && apr-qa checksum {input.apr} --expect {input.sha} && "
         "apr-qa verify-checksums {input.manifest} && "
         "apr-qa validate {input.apr} --source {params.source} --json {output.evidence} "
         "--subject {wildcards.model}/{wildcards.variant} {params.pickle} {params.tolerances}') > {log} 2>&1"

@@ -5,6 +5,7 @@ fingerprints record are pinned, so a relock is what moves them."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -60,7 +61,8 @@ def test_a_missing_lock_file_is_named(tmp_path):
 
 
 def test_torch_is_left_to_the_makefile_pin():
-    """The lock excludes torch (the CPU build is pinned in the Makefile and envs/apr-qa.yaml) but keeps
+    """The lock excludes torch (the CPU build is pinned in the Makefile and the conda environment's
+    post-deploy script) but keeps
     what the CPU build depends on, and none of the CUDA build's libraries."""
     sys.path.insert(0, str(CHECK.parent))
     try:
@@ -72,7 +74,7 @@ def test_torch_is_left_to_the_makefile_pin():
     assert {"sympy", "networkx", "filelock", "fsspec"} <= set(lock.pins)
     assert not [name for name in lock.pins if name.startswith(("nvidia-", "triton"))]
     pin = re.search(r"^TORCH := torch==(\S+)$", (ROOT / "Makefile").read_text(), re.M)
-    assert pin and f"torch=={pin[1]}" in (ROOT / "envs" / "apr-qa.yaml").read_text()
+    assert pin and f"torch=={pin[1]}" in (ROOT / "envs" / "apr-qa.post-deploy.sh").read_text()
     assert metadata.version("torch").split("+")[0] == pin[1]
 
 
@@ -102,3 +104,42 @@ def test_every_library_a_job_can_record_is_locked_and_installed_as_locked():
             continue
         assert name in lock.pins, f"a job can record {dist}, which the lock does not pin"
         assert version == str(lock.pins[name]), (dist, version, lock.pins[name])
+
+
+def test_the_conda_environment_names_the_lock_and_this_repository_from_snakemakes_copy(tmp_path, monkeypatch):
+    """Snakemake builds envs/apr-qa.yaml from a copy under .snakemake/conda/, and conda hands the pip
+    entries to pip as a requirements file there: every path must still name the repository's files.
+    (Conda's channels cannot be reached from CI; this is the part that can be checked here.)"""
+    import yaml
+    from packaging.utils import canonicalize_name
+    from pip._internal.network.session import PipSession
+    from pip._internal.req.req_file import parse_requirements
+
+    env = yaml.safe_load((ROOT / "envs/apr-qa.yaml").read_text())
+    pip_entries = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    copy = tmp_path / ".snakemake" / "conda"
+    copy.mkdir(parents=True)
+    requirements = copy / "condaenv.requirements.txt"  # what conda writes beside the copy
+    requirements.write_text("\n".join(pip_entries) + "\n")
+    monkeypatch.chdir(copy)
+    monkeypatch.setenv("APR_QA_ROOT", str(ROOT))  # rules/common.smk sets it to the Snakefile's folder
+    assert "APR_QA_ROOT" in (ROOT / "rules/common.smk").read_text()
+    parsed = list(parse_requirements(str(requirements), PipSession()))
+    names = {canonicalize_name(p.requirement.split("==")[0]) for p in parsed}
+    sys.path.insert(0, str(CHECK.parent))
+    try:
+        from check_lock import read_lock
+    finally:
+        sys.path.remove(str(CHECK.parent))
+    assert names == set(read_lock(LOCK_DIR / "runtime.txt").pins)
+
+    script = ROOT / "envs/apr-qa.post-deploy.sh"  # Snakemake runs it in the new environment
+    subprocess.run(["sh", "-n", str(script)], check=True)
+    editable = next(line for line in script.read_text().splitlines() if " -e " in line)
+    assert '"$APR_QA_ROOT"' in editable
+    report = tmp_path / "report.json"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--no-deps", "--no-index",
+                    "--no-build-isolation", "--report", str(report), "-e", os.environ["APR_QA_ROOT"]],
+                   cwd=copy, check=True, capture_output=True)
+    (installed,) = json.loads(report.read_text())["install"]
+    assert installed["metadata"]["name"] == "apr-qa" and installed["download_info"]["url"] == ROOT.as_uri()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +156,41 @@ def verify_records(records: list[Path]) -> int:
                 raise GateFailure(f"D4 checksum mismatch: {why} ({record}); {rebuild_hint(record, doc)}", "halt", path)
         total += len(files)
     return total
+
+
+@dataclass
+class Claims:
+    """What the results claim of one model: its download manifest, the artifacts built from it (every
+    variant's), the artifacts that exist only for a downloaded model (certification, oracle record),
+    and the checksum records to verify (the manifest and each .apr record)."""
+
+    manifest: Path
+    artifacts: list[Path]
+    if_downloaded: list[Path]
+    records: list[Path]
+
+
+_announced: set[str] = set()
+
+
+def state(claims: list[Claims]) -> str:
+    """The report's integrity param: "intact", or every claimed artifact that is missing (the report
+    job's run has Snakemake rebuild it) and every record whose files lost their bytes (its
+    verify-checksums halts on it; each is announced once per process)."""
+    problems, halting = [], []
+    for c in claims:
+        if not c.manifest.exists():
+            problems += [f"{c.manifest}: missing"] if any(p.exists() for p in c.artifacts) else []
+            continue
+        if json.loads(c.manifest.read_text()).get("status") != "ok":
+            continue
+        problems += [f"{p}: missing" for p in c.artifacts + c.if_downloaded if not p.exists()]
+        for record in c.records:
+            found = problem_unless_unchanged(record)
+            if found and (record == c.manifest or found[1] != "missing"):  # a missing .apr is rebuilt
+                halting.append(f"{found[0]}: {found[1]}")
+    for p in halting:
+        if p not in _announced:
+            _announced.add(p)
+            print(f"INTEGRITY: {p}; the report job halts on it", file=sys.stderr)
+    return "; ".join(problems + halting) or "intact"
