@@ -20,7 +20,7 @@ rule certify:
         layout.log(RESULTS, "certify", "{model}"),
     conda:
         "../envs/apr-qa.yaml"
-    threads: config["evaluation"].get("threads", 2)
+    threads: config["evaluation"]["threads"]
     resources:
         evaluations=1,
         mem_mb=mem_mb("evaluate"),
@@ -65,7 +65,7 @@ rule certify_stack:
         stack="|".join(OTHER_STACKS) or "(?!)",
     conda:
         "../envs/apr-qa.yaml"
-    threads: config["evaluation"].get("threads", 2)
+    threads: config["evaluation"]["threads"]
     resources:
         evaluations=1,
         mem_mb=mem_mb("evaluate"),

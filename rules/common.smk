@@ -41,7 +41,7 @@ from apr_qa.workflow import checksums, fingerprint, integrity, lifecycle
 from apr_qa.workflow.tiers import ANDON_POLICY, tier_variants
 from apr_qa.workflow.cutoff import digest, digest_or_pending, read_json, recorded_sha256, weights_digest
 
-RESULTS = config.get("results", "results")
+RESULTS = config["results"]
 REPORT = layout.template(RESULTS, "report")
 ANDON = layout.template(RESULTS, "andon")
 TIER = config.get("tier")
@@ -56,14 +56,12 @@ if not TIER and "variants" not in config:
 SITE_VARIANTS = {m["id"]: m.get("variants", config.get("variants", list(layout.VARIANTS))) for m in config["models"]}
 VARIANTS = {m: tier_variants(PLAYBOOK, vs, m) if TIER else vs for m, vs in SITE_VARIANTS.items()}
 ALL_VARIANTS = sorted({v for vs in VARIANTS.values() for v in vs})
-HUB = config.get("hub", {})
-TOLERANCES = config.get("validation", {}).get("tolerances") or []  # optional YAML for `apr-qa validate`
+HUB = config["hub"]
+TOLERANCES = config["validation"]["tolerances"] or []  # optional YAML for `apr-qa validate`: an input
 
 # The environment every job inherits: checksum cache, HF hub location/mode. HF_TOKEN passes through
 # untouched from the caller's environment and is never written anywhere.
-JOB_ENV = {
-    checksums.CACHE_ENV: os.path.abspath(config.get("checksum_cache", layout.template(RESULTS, "checksum_cache")))
-}
+JOB_ENV = {checksums.CACHE_ENV: os.path.abspath(config["checksum_cache"])}
 if HUB.get("cache_dir"):
     JOB_ENV["HF_HUB_CACHE"] = os.path.abspath(HUB["cache_dir"])
 if HUB.get("endpoint"):
@@ -139,7 +137,7 @@ SUMMARY = layout.template(RESULTS, "summary")
 CERTIFICATION = layout.template(RESULTS, "certification")
 STACK_CERTIFICATION = layout.template(RESULTS, "stack_certification")  # another stack's (rule certify_stack)
 ORACLE = layout.template(RESULTS, "oracle")
-ORACLE_ON = bool(config.get("oracle", False))
+ORACLE_ON = config["oracle"]
 
 
 def oracle_input(wildcards):
@@ -151,7 +149,7 @@ def oracle_input(wildcards):
 GOLDEN_REFERENCE = layout.template(RESULTS, "golden_reference")
 CORPUS = config["corpus"]  # defaults filled in by the schema (config/schema.yaml)
 CORPUS_REFERENCE = layout.template(RESULTS, "corpus_reference")
-CORPUS_ON = bool(CORPUS.get("enabled", True))
+CORPUS_ON = CORPUS["enabled"]
 QUALITY_TARGET = f"--quality-target {CORPUS['quality_target']}" if CORPUS.get("quality_target") is not None else ""
 
 
@@ -210,12 +208,12 @@ def downloaded(model):
 
 def mem_mb(stage):
     """Memory per job from the model's size: base + factor x source MB (config `memory`)."""
-    mem = config.get("memory", {})
+    mem = config["memory"]
 
     def resource(wildcards, attempt):
         path = MANIFEST.format(model=wildcards.model)
         size_mb = read_json(path).get("total_bytes", 0) / 1e6 if os.path.exists(path) else 0
-        return int(mem.get("base_mb", 1024) + mem.get(stage, 1.0) * size_mb * attempt)
+        return int(mem["base_mb"] + mem[stage] * size_mb * attempt)
 
     return resource
 
@@ -275,7 +273,7 @@ LINE = lifecycle.Line(
     checksum_cache=Path(JOB_ENV[checksums.CACHE_ENV]),
     playbook=PLAYBOOK,
     other_stacks=OTHER_STACKS,
-    usd_per_device_hour=config.get("cost", {}).get("usd_per_device_hour"),  # the Pareto frontier's cost axis
+    usd_per_device_hour=config["cost"]["usd_per_device_hour"],  # the Pareto frontier's cost axis
 )
 
 

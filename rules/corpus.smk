@@ -17,7 +17,7 @@ checkpoint corpus_reference:
         layout.benchmark(RESULTS, "corpus_reference", "{model}")
     conda:
         "../envs/apr-qa.yaml"
-    threads: config["evaluation"].get("threads", 2)
+    threads: config["evaluation"]["threads"]
     resources:
         evaluations=1,
         mem_mb=mem_mb("evaluate"),

@@ -10,7 +10,7 @@ checkpoint download:
     log:
         layout.log(RESULTS, "download", "{model}"),
     # On a cluster whose compute nodes have no internet, download on the head node instead.
-    localrule: config["download"].get("on_head_node", False)
+    localrule: config["download"]["on_head_node"]
     conda:
         "../envs/apr-qa.yaml"
     resources:
@@ -19,13 +19,13 @@ checkpoint download:
     params:
         code=code("download"),
         repo=lambda wc: MODELS[wc.model]["repo"],
-        revision=lambda wc: MODELS[wc.model].get("revision", "main"),
-        files=lambda wc: " ".join(f"--files '{g}'" for g in MODELS[wc.model].get("files", [])),
+        revision=lambda wc: MODELS[wc.model]["revision"],
+        files=lambda wc: " ".join(f"--files '{g}'" for g in MODELS[wc.model]["files"]),
         pickle=lambda wc: pickle_flag(wc.model),
         pins=lambda wc: " ".join(f"--sha256 '{n}={h}'" for n, h in MODELS[wc.model].get("sha256", {}).items()),
         max_gb=config["download"]["max_size_gb"],
         retries=config["download"]["retries"],
-        slow_s=config["download"].get("slow_s", 600),
+        slow_s=config["download"]["slow_s"],
         andon=lambda wc: andon("download", wc.model),
     shell:
         "{params.code} {params.andon} apr-qa download {params.repo} --id {wildcards.model} --revision {params.revision} "

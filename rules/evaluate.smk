@@ -20,7 +20,7 @@ rule golden_reference:
         layout.benchmark(RESULTS, "golden_reference", "{model}")
     conda:
         "../envs/apr-qa.yaml"
-    threads: config["evaluation"].get("threads", 2)
+    threads: config["evaluation"]["threads"]
     resources:
         evaluations=1,
         gpu=1 if config["evaluation"]["device"] == "cuda" else 0,
@@ -32,7 +32,7 @@ rule golden_reference:
         runs=RUNS,
         timeout=EVAL_TIMEOUT,
         device=config["evaluation"]["device"],
-        extra=config["evaluation"].get("extra_args", ""),
+        extra=config["evaluation"]["extra_args"],
     shell:
         "{params.code} (apr-qa cache restore {input.manifest} && apr-qa golden-reference {params.source} --prompts {input.prompts} "
         "--runs {params.runs} --device {params.device} --threads {threads} {params.timeout} {params.extra} "
@@ -57,7 +57,7 @@ checkpoint evaluate:
         layout.benchmark(RESULTS, "evaluate", "{model}", "{variant}")
     conda:
         "../envs/apr-qa.yaml"
-    threads: config["evaluation"].get("threads", 2)
+    threads: config["evaluation"]["threads"]
     resources:
         evaluations=1,
         gpu=1 if config["evaluation"]["device"] == "cuda" else 0,
@@ -70,7 +70,7 @@ checkpoint evaluate:
         runs=RUNS,
         timeout=EVAL_TIMEOUT,
         device=config["evaluation"]["device"],
-        extra=config["evaluation"].get("extra_args", ""),
+        extra=config["evaluation"]["extra_args"],
         logits=lambda wc, output: f"--logits {output.logits}" if OTHER_STACKS else "",
         andon=lambda wc, output: andon("evaluate", f"{wc.model}/{wc.variant}", output.evaluation),
     shell:

@@ -25,7 +25,7 @@ rule evaluate_stack:
         stack="|".join(OTHER_STACKS) or "(?!)",
     conda:
         "../envs/apr-qa.yaml"
-    threads: config["evaluation"].get("threads", 2)
+    threads: config["evaluation"]["threads"]
     resources:
         evaluations=1,
         mem_mb=mem_mb("evaluate"),
@@ -38,7 +38,7 @@ rule evaluate_stack:
         corpus_args=corpus_args,
         runs=RUNS,
         timeout=EVAL_TIMEOUT,
-        extra=config["evaluation"].get("extra_args", ""),
+        extra=config["evaluation"]["extra_args"],
     shell:
         # exit 1 (a gate of the stack's own evaluation failed) is evidence for the report, not a failed job
         "{params.code} (apr-qa cache restore {input.manifest} && apr-qa checksum {input.apr} --expect {input.sha} && "
