@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from apr_qa.certify import five_whys
+from apr_qa import five_whys
 from apr_qa.evaluation import accuracy_andon, conversion_limits, gates, protocol, stats, verdict
 from apr_qa.evidence import worst_level
 from apr_qa.evaluation.prompts import load_golden

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from apr_qa.certify.five_whys import Context, analyze, annotate
+from apr_qa.five_whys import Context, analyze, annotate
 from apr_qa.evidence import Evidence
 
 

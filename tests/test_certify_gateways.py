@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from apr_qa.certify import five_whys
+from apr_qa import five_whys
 from apr_qa.certify.gateways import g0_integrity, integrity_checks, scenario_gateways
 from apr_qa.certify.mqs import score
 from apr_qa.evidence import Evidence

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 import tiny_models
 
-from apr_qa.certify import five_whys
+from apr_qa import five_whys
 from apr_qa.certify.gateways import scenario_gateways
 from apr_qa.certify.mqs import score
 from apr_qa.certify.scenarios import Limits, Scenario, run_matrix

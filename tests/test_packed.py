@@ -20,6 +20,7 @@ from apr_qa.convert import convert
 from apr_qa.dtypes import DType
 from apr_qa.quant import dequantize, quantize
 from apr_qa.runtime import load_model
+from apr_qa.runtime import kernels as K
 from apr_qa.runtime import packed as P
 from apr_qa.runtime.native import library
 
@@ -144,7 +145,7 @@ def test_worker_threads_survive_fork(native):
 def test_float_rows_kernel_matches_f_linear(dtype, batch, native):
     """Float weights decode through the same row kernel (bfloat16 widened exactly to float32)."""
     w = torch.from_numpy(weights(70, 96)).to(dtype)
-    lin = P.float_linear(w)
+    lin = K.float_linear(w)
     assert isinstance(lin, P.FloatLinear)
     x = torch.randn(batch, 96).to(dtype)
     want = F.linear(x.double(), w.double())
@@ -225,7 +226,7 @@ def test_row_selection_and_concatenation_move_whole_rows():
     assert isinstance(mixed, P.RowStack) and mixed.shape == (14, 64)
     x = torch.randn(1, 64)
     want = torch.cat([F.linear(x, exact(q)), F.linear(x, mixed.parts[1].dequantize()), F.linear(x, mixed.parts[2])], -1)
-    assert torch.allclose(P.linear(x, P.prepare_linear(mixed, torch.device("cpu"))), want, rtol=0, atol=1e-5)
+    assert torch.allclose(P.linear(x, K.prepare_linear(mixed, torch.device("cpu"))), want, rtol=0, atol=1e-5)
 
 
 # -- tiny models, packed against dequantized ------------------------------------------------------------

@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import five_whys, pareto, plots
+from .. import five_whys
+from . import pareto, plots
 
 MAX_ITEMS = 100  # the rest stay in the evidence files
 

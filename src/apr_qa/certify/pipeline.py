@@ -29,7 +29,7 @@ from .. import __version__
 from ..errors import AprQaError
 from ..evidence import Evidence, write_evidence
 from ..stacks.registry import StackSpec
-from . import five_whys
+from .. import five_whys
 from .gateways import g0_integrity, scenario_gateways
 from .mqs import GATEWAYS, NOT_APPLICABLE, MqsScore, score
 from .playbooks import Variant, limits, plan, select_variants

@@ -160,7 +160,7 @@ def cmd_corpus_reference(args: argparse.Namespace) -> int:
     from ..errors import AprQaError
     from ..evaluation import corpus
     from ..evaluation.corpus_text import load_corpus
-    from ..evaluation.runner import describe_weights
+    from ..runtime import describe_weights
     from ..runtime import load_model
 
     if args.tokens < 1 or args.top_k < 1:

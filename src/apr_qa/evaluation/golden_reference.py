@@ -76,7 +76,7 @@ def build_from_source(source: str | Path, golden: GoldenSet, opts: protocol.Eval
     import gc
 
     from ..runtime import load_model
-    from .runner import describe_weights
+    from ..runtime import describe_weights
 
     about = {"model": describe_weights(source)}
     model = load_model(source, device=device, dtype=torch.float32, weights="dequantized")

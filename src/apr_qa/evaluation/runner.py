@@ -13,8 +13,6 @@ Phases, so that only the model is in memory while it is measured and memory figu
 from __future__ import annotations
 
 import gc
-import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,11 +22,11 @@ import torch
 
 from ..errors import AprQaError
 from ..evidence import Evidence
-from ..fsutil import sha256_file
 from . import accuracy_andon, encoder_eval, gates, golden_reference, logit_consistency, protocol, tokenizer_check
 from .golden_reference import GoldenReference
 from .memory import PeakMemory
 from .prompts import GoldenSet
+from ..runtime import describe_weights
 
 
 @dataclass
@@ -43,39 +41,6 @@ class Evaluation:
     # decoders: the model's per-token logits on the prompts (token_ids, logits), kept out of the JSON;
     # `apr-qa eval --logits` writes them for the differential comparison of stacks
     prompt_logits: tuple[list[list[int]], list[torch.Tensor]] | None = None
-
-
-def describe_weights(path: str | Path) -> dict[str, Any]:
-    """Path, content hash, size and a metadata summary of a model file or folder."""
-    from ..runtime import open_weights
-
-    source = open_weights(path)
-    try:
-        files = sorted(Path(f) for f in source.files)
-        if source.format == "apr":
-            meta = source.metadata
-            quant = meta.get("quantization") or {}
-            summary = {"architecture": meta.get("architecture"), "model_type": meta.get("model_type"),
-                       "quantization": quant.get("level"), "weights_dtype": quant.get("weights_dtype"),
-                       "param_count": meta.get("param_count"), "original_format": meta.get("original_format"),
-                       "source": meta.get("source")}
-        else:
-            archs = source.config.get("architectures") or [None]
-            summary = {"architecture": archs[0], "model_type": source.config.get("model_type"),
-                       "quantization": "source", "weights_dtype": None, "param_count": None,
-                       "original_format": source.format, "source": str(path)}
-        fmt = source.format
-    finally:
-        source.close()
-    if len(files) == 1 and files[0] == Path(path):
-        digest = sha256_file(files[0])
-    else:  # a folder: hash of "relative-path sha256" lines over every file the source reads
-        lines = "".join(f"{f.relative_to(path) if f.is_relative_to(path) else f.name} {sha256_file(f)}\n"
-                        for f in files)
-        digest = hashlib.sha256(lines.encode()).hexdigest()
-    return {"path": str(path), "format": fmt, "sha256": digest,
-            "size_bytes": sum(os.path.getsize(f) for f in files), "files": [str(f) for f in files],
-            "metadata": summary}
 
 
 def _free(model) -> None:
@@ -189,7 +154,7 @@ def _golden_reference(reference, golden: GoldenSet, opts: protocol.EvalOptions, 
 def _five_whys(records: list[Evidence]) -> None:
     """Every failed gate, warnings included, carries its root-cause chain in the evidence itself,
     so the report shows it whatever the tier (with or without a certification)."""
-    from ..certify import five_whys
+    from .. import five_whys
 
     five_whys.annotate(records)
 

@@ -5,10 +5,14 @@ transformers is deliberately never imported here; it serves only as the independ
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from ..fsutil import sha256_file
 from .device import resolve_device, resolve_dtype
 from .generate import Generation
 from .weights import WEIGHT_MODES, weights_mode
@@ -25,6 +29,37 @@ def open_weights(path: str | Path):
     from ..sources import open_source
 
     return open_source(path)
+
+
+def describe_weights(path: str | Path) -> dict[str, Any]:
+    """Path, content hash, size and a metadata summary of a model file or folder."""
+    source = open_weights(path)
+    try:
+        files = sorted(Path(f) for f in source.files)
+        if source.format == "apr":
+            meta = source.metadata
+            quant = meta.get("quantization") or {}
+            summary = {"architecture": meta.get("architecture"), "model_type": meta.get("model_type"),
+                       "quantization": quant.get("level"), "weights_dtype": quant.get("weights_dtype"),
+                       "param_count": meta.get("param_count"), "original_format": meta.get("original_format"),
+                       "source": meta.get("source")}
+        else:
+            archs = source.config.get("architectures") or [None]
+            summary = {"architecture": archs[0], "model_type": source.config.get("model_type"),
+                       "quantization": "source", "weights_dtype": None, "param_count": None,
+                       "original_format": source.format, "source": str(path)}
+        fmt = source.format
+    finally:
+        source.close()
+    if len(files) == 1 and files[0] == Path(path):
+        digest = sha256_file(files[0])
+    else:  # a folder: hash of "relative-path sha256" lines over every file the source reads
+        lines = "".join(f"{f.relative_to(path) if f.is_relative_to(path) else f.name} {sha256_file(f)}\n"
+                        for f in files)
+        digest = hashlib.sha256(lines.encode()).hexdigest()
+    return {"path": str(path), "format": fmt, "sha256": digest,
+            "size_bytes": sum(os.path.getsize(f) for f in files), "files": [str(f) for f in files],
+            "metadata": summary}
 
 
 def load_model(source_or_path, device: str | torch.device = "cpu", dtype: str | torch.dtype = torch.float32,

@@ -18,7 +18,8 @@ from ..arch.base import Hyperparams
 from ..errors import AprQaError, UnsupportedError
 from .activations import ACTIVATIONS
 from .norms import Norm, apply_norm
-from .packed import embedding, linear, prepare_linear
+from .kernels import prepare_linear
+from .packed import embedding, linear
 from .tokenizer import Tokenizer
 
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")

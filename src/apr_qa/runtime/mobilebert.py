@@ -23,7 +23,8 @@ from ..arch.base import Hyperparams
 from ..errors import AprQaError, UnsupportedError
 from .encoder import EncoderModel
 from .norms import Norm, apply_norm
-from .packed import embedding, linear, prepare_linear
+from .kernels import prepare_linear
+from .packed import embedding, linear
 from .tokenizer import Tokenizer
 
 Linear = tuple[Any, torch.Tensor]  # (weight [out, in]: a tensor or packed blocks, bias [out])

@@ -4,7 +4,7 @@ runtime calls instead of F.linear / F.embedding.
 `WeightLoader` (packed mode) hands the architecture modules a `BlockMatrix` for each Q8_0, Q4_0,
 Q4_K or Q6_K matrix: the stored GGML bytes, one row of blocks per output row. Blocks never span
 rows, so selecting, reordering and concatenating rows (fused QKV, gate+up, Falcon's QKV order) is
-exact. When the runtime model is built, `prepare_linear` turns each matrix it multiplies into a
+exact. When the runtime model is built, `kernels.prepare_linear` turns each matrix it multiplies into a
 kernel object that reads the blocks at every matmul (memory stays packed):
 
 - `NativeLinear` (CPU): runtime/matmul.c, compiled on first use. Activations stay float32; each
@@ -27,7 +27,6 @@ from the head's kernel object, so the matrix is resident once.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -306,37 +305,8 @@ class FloatLinear:
 
 # -- dispatch ----------------------------------------------------------------------------------------------
 
-def prepare_linear(weight, device: torch.device):
-    """A weight the runtime multiplies by, in the form it runs: float tensors as they are, blocks
-    into a kernel object on `device`."""
-    if isinstance(weight, RowStack):
-        return RowStack([prepare_linear(p, device) for p in weight.parts])
-    if not isinstance(weight, BlockMatrix):
-        return weight
-    if device.type == "cpu":
-        from .native import library
-
-        if os.environ.get(KERNEL_ENV) == "torch-int4":
-            from .torch_int4 import INT4_DTYPES, Int4Linear, int4_kernel_available
-
-            if weight.block in INT4_DTYPES and int4_kernel_available():
-                return Int4Linear(weight)
-        lib = library()
-        if lib is not None:
-            return NativeLinear(weight, lib)
-    return DequantLinear(weight.to(device))
-
-
 def is_packed(weight) -> bool:
     return isinstance(weight, (BlockMatrix, RowStack, PackedKernel))
-
-
-def float_linear(weight):
-    """`FloatLinear` for a CPU float32/bfloat16 weight when matmul.c is built, else None."""
-    from .native import library
-
-    lib = library() if FloatLinear.fits(weight) else None
-    return FloatLinear(weight, lib) if lib is not None else None
 
 
 def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.Tensor:

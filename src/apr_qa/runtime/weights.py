@@ -3,7 +3,7 @@ against the shape its architecture's tensor table gives.
 
 Two modes (`weights_mode`): "dequantized" turns every tensor into floats at load; "packed" keeps
 Q8_0 / Q4_0 / Q4_K / Q6_K matrices in their blocks (`packed.BlockMatrix`), which the runtime then
-multiplies with a quantized kernel (`packed.prepare_linear`). Float tensors are floats either way.
+multiplies with a quantized kernel (`kernels.prepare_linear`). Float tensors are floats either way.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import torch
 
 from ..errors import FormatError, UnsupportedError
 from .norms import Norm
-from .packed import PACKED_DTYPES, BlockMatrix, float_linear, is_packed, prepare_linear, stack_rows
+from .kernels import float_linear, prepare_linear
+from .packed import PACKED_DTYPES, BlockMatrix, is_packed, stack_rows
 
 WEIGHT_MODES = ("packed", "dequantized")
 _MODE: contextvars.ContextVar[str] = contextvars.ContextVar("apr_qa_weights", default="dequantized")
@@ -104,7 +105,7 @@ class WeightLoader:
 
 def linear_layout(weight, device: torch.device | None = None):
     """The same [out, in] weight, in the form that multiplies fastest. Packed blocks become their
-    kernel object (`packed.prepare_linear`); CPU float32/bfloat16 weights decode through matmul.c's
+    kernel object (`kernels.prepare_linear`); CPU float32/bfloat16 weights decode through matmul.c's
     row kernel (`packed.FloatLinear`) when it is built. Otherwise, on CPU at float32, MKL's
     matrix-vector product over an [in, out]-major buffer is ~1.5-2x faster for the wide projections
     (measured: 49152x576 lm_head 20 ms vs 37 ms per token); half types prefer [out, in]."""

@@ -62,7 +62,7 @@ def greedy_sampling_block(opts) -> dict:
 def not_applicable_report(model_path: Path, stack: dict[str, Any], started: str, finished: str) -> dict[str, Any]:
     """The evaluation JSON of a model the stack does not run: what, on which stack, and why; no gates."""
     from ..evaluation.report_json import SCHEMA_VERSION
-    from ..evaluation.runner import describe_weights
+    from ..runtime import describe_weights
 
     return {"schema_version": SCHEMA_VERSION, "model": describe_weights(model_path), "protocol": None,
             "variant": None, "stack": stack, "gates": [], "verdict": {"worst_failed_level": None, "exit_code": 0},

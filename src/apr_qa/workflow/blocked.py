@@ -52,7 +52,7 @@ def certify_blocked(results: Path, model: str, model_id: str, playbook: dict[str
     """The certification of a model whose tier variants the stage gates blocked, from the stage
     evidence alone (no scenario runs). None when no variant is blocked. `stack`: another stack's
     certification, blocked by the artifact's gates only (download, conversion, validation)."""
-    from ..certify import five_whys
+    from .. import five_whys
     from ..certify.mqs import GATEWAYS, score
     from ..certify.pipeline import host_info, lead_with_gate, load_records, size_category, stack_info
     from ..certify.stack_model import other_stack, stack_block

@@ -68,14 +68,6 @@ class Options:
     slow_s: float = 600.0               # D6: a download slower than this is yellow (as a 10-minute conversion)
 
 
-def check_repo_name(repo: str, name: str) -> None:
-    """Refuse a repository file name that could write outside the snapshot folder."""
-    parts = name.split("/")
-    if (not name or name.startswith("/") or "\\" in name or re.match(r"^[A-Za-z]:", name)
-            or any(p in ("", ".", "..") for p in parts) or "\0" in name):
-        raise AprQaError(f"unsafe file name {name!r} in {repo}: absolute, '..' or empty path parts are refused")
-
-
 def _matches(name: str, patterns: tuple[str, ...] | list[str]) -> bool:
     base = name.rsplit("/", 1)[-1]
     return any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(base, p) for p in patterns)
@@ -294,6 +286,8 @@ def download(spec: ModelSpec, opts: Options) -> dict[str, Any]:
         return _skip(spec, Evidence("D1", "repository exists", False, "not in offline cache", "cached snapshot",
                                     "warn", f"{spec.repo}@{spec.revision} is not in the HF cache {_cache_root(opts)} "
                                             "and HF_HUB_OFFLINE=1"))
+    from .model_cache import check_repo_name
+
     for name in listing.files:
         check_repo_name(spec.repo, name)
     # Online the listing is the whole repo: a pin naming no file there is a mistake. Offline it is what

@@ -39,6 +39,7 @@ recorded commit and checks them against those sha256s before a job reads them.
 from __future__ import annotations
 
 import json
+import re
 import os
 import sys
 import time
@@ -333,13 +334,20 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise AprQaError(f"cannot read download manifest: {exc}", path) from None
 
 
+def check_repo_name(repo: str, name: str) -> None:
+    """Refuse a repository file name that could write outside the snapshot folder."""
+    parts = name.split("/")
+    if (not name or name.startswith("/") or "\\" in name or re.match(r"^[A-Za-z]:", name)
+            or any(p in ("", ".", "..") for p in parts) or "\0" in name):
+        raise AprQaError(f"unsafe file name {name!r} in {repo}: absolute, '..' or empty path parts are refused")
+
+
 def restore(manifest_path: Path) -> int:
     """Lease the manifest's revision to it; first, if the model cache evicted it, fetch it again (the
     manifest's commit and files; the bytes must match the recorded sha256s). Returns files fetched."""
     from huggingface_hub import hf_hub_download
 
     from .checksums import sha256
-    from .download import check_repo_name
 
     manifest = _read_manifest(manifest_path)
     if manifest.get("status") != "ok":

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from collections.abc import Callable
 
-from ..evidence import Evidence
+from .evidence import Evidence
 
 
 @dataclass
