@@ -13,7 +13,7 @@ import pytest
 from apr_qa import layout
 from apr_qa.stacks import StackSpec
 from apr_qa.workflow import cutoff, integrity, lifecycle
-from apr_qa.workflow.report import is_not_current, mark_not_current
+from apr_qa.workflow.lifecycle import is_not_current, mark_not_current
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,7 +22,43 @@ from pathlib import Path
 from typing import Any
 
 from .. import layout
+from ..fsutil import write_text_atomic
+from ..render import inline
 from ..stacks import StackSpec
+
+
+# A run that executes jobs marks the board "not current" when it starts; the report rule (or the
+# Snakefile's onsuccess/onerror) rewrites it when the run ends. A killed run leaves the mark, so the
+# board never passes for a description of results that the killed jobs may have removed.
+NOT_CURRENT = "<!-- apr-qa: not current -->"
+
+
+def mark_not_current(out: Path, started: str) -> bool:
+    """Prefix report.md (and report.html beside it) with the mark; False when there is no board."""
+    note = (f"**Not current:** a workflow run started {started} has not finished (still running, or "
+            "interrupted). This board describes the results before that run; rerun the workflow to rewrite it.")
+    try:
+        text = out.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return False
+    if NOT_CURRENT not in text:
+        write_text_atomic(out, f"{NOT_CURRENT}\n> {note}\n\n{text}")
+    page_path = out.with_suffix(".html")
+    try:
+        page = page_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return True
+    if NOT_CURRENT not in page and "<body>" in page:
+        banner = f"<body>\n{NOT_CURRENT}<p style=\"background:#fdd;padding:8px\">{inline(note)}</p>"
+        write_text_atomic(page_path, page.replace("<body>", banner, 1))
+    return True
+
+
+def is_not_current(out: Path) -> bool:
+    try:
+        return NOT_CURRENT in out.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return False
 
 
 @dataclass
@@ -92,8 +128,6 @@ class Line:
     def recover_from_crash(self, locked: bool, dry_run: bool) -> None:
         """At parse time: while no Snakemake holds this directory's lock, and unless this is a dry run,
         remove killed commands' temporary files and a board an interrupted run left "not current"."""
-        from .report import is_not_current
-
         if locked or dry_run:
             return
         self.remove_leftovers()
@@ -104,15 +138,11 @@ class Line:
 
     def start(self) -> None:
         """onstart (a run with jobs, under Snakemake's lock)."""
-        from .report import mark_not_current
-
         self.remove_leftovers()
         mark_not_current(self.report, time.strftime("%Y-%m-%d %H:%M:%S %Z"))
 
     def finish(self) -> None:
         """onsuccess: the leases end; the board, when this run did not rewrite it (no report job ran)."""
-        from .report import is_not_current
-
         self.release_leases()
         if is_not_current(self.report):
             self.write_board()

@@ -22,7 +22,7 @@ from typing import Any
 from ..errors import AprQaError
 from ..fsutil import sha256_file, write_text_atomic
 from ..layout import path
-from ..render import Block, Cell, inline, to_html, to_markdown
+from ..render import Block, Cell, to_html, to_markdown
 from ..render import number as _num
 from ..stacks.report_section import differential_blocks, read_differentials
 from .corpus_section import corpus_blocks
@@ -366,37 +366,3 @@ def write_report(results: Path, models: list[str], variants: list[str], out: Pat
     write_text_atomic(out, to_markdown(blocks, out.parent))
     write_text_atomic(out.with_suffix(".html"), to_html(blocks))
     return overall
-
-
-# A run that executes jobs marks the board "not current" when it starts; the report rule (or the
-# Snakefile's onsuccess/onerror) rewrites it when the run ends. A killed run leaves the mark, so the
-# board never passes for a description of results that the killed jobs may have removed.
-NOT_CURRENT = "<!-- apr-qa: not current -->"
-
-
-def mark_not_current(out: Path, started: str) -> bool:
-    """Prefix report.md (and report.html beside it) with the mark; False when there is no board."""
-    note = (f"**Not current:** a workflow run started {started} has not finished (still running, or "
-            "interrupted). This board describes the results before that run; rerun the workflow to rewrite it.")
-    try:
-        text = out.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return False
-    if NOT_CURRENT not in text:
-        write_text_atomic(out, f"{NOT_CURRENT}\n> {note}\n\n{text}")
-    page_path = out.with_suffix(".html")
-    try:
-        page = page_path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return True
-    if NOT_CURRENT not in page and "<body>" in page:
-        banner = f"<body>\n{NOT_CURRENT}<p style=\"background:#fdd;padding:8px\">{inline(note)}</p>"
-        write_text_atomic(page_path, page.replace("<body>", banner, 1))
-    return True
-
-
-def is_not_current(out: Path) -> bool:
-    try:
-        return NOT_CURRENT in out.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return False
