@@ -70,25 +70,46 @@ class QuantLevel:
     `apr_qa.quant` whose `promotions()` moves chosen tensors to other dtypes (llama.cpp's
     Q4_K_M). bits/symmetric: the `quantization` metadata aprender reads. gguf_file_type: the
     `general.file_type` (gguf.LlamaFileType member) `apr-qa export-gguf` writes.
+
+    Its limits (required: a level without them does not import):
+    t9_anchor: the llama.cpp quantization type whose published mean KLD bounds the level's T9 limit
+    (evaluation/conversion_limits.py: a level without a published figure takes the coarser published
+    type it is at least as fine as). encoder_min_cosine: gate T5's minimum cosine between an encoder's
+    embeddings and the reference's (q6_k / q4_k_m / q4_k measured on all-MiniLM-L6-v2, 8 sentences:
+    min 0.9982 / 0.9745 / 0.9697). high_accuracy: gate Q1 holds the level to MLPerf's high-accuracy
+    target (99.9 % of the reference's next-token accuracy on real text) rather than its 99 % one: the
+    16- and 32-bit levels, which only round.
     """
 
     weights: DType
     bits: int
     symmetric: bool
     gguf_file_type: str
+    t9_anchor: str
+    encoder_min_cosine: float
+    high_accuracy: bool
     recipe: str | None = None
 
 
 # The variants, by the name `--quant`, the config and the workflow use. Adding one is its codec
 # module under apr_qa/quant/ (a new dtype, or a recipe over existing ones) plus one entry here.
 QUANT_LEVELS: dict[str, QuantLevel] = {
-    "f32": QuantLevel(DType.F32, 32, True, "ALL_F32"),
-    "f16": QuantLevel(DType.F16, 16, True, "MOSTLY_F16"),
-    "bf16": QuantLevel(DType.BF16, 16, True, "MOSTLY_BF16"),
-    "q8_0": QuantLevel(DType.Q8_0, 8, True, "MOSTLY_Q8_0"),
-    "q4_0": QuantLevel(DType.Q4_0, 4, True, "MOSTLY_Q4_0"),
-    # every weight matrix Q4_K: llama.cpp's "pure" Q4_K, closest to its Q4_K_S file type
-    "q4_k": QuantLevel(DType.Q4_K, 4, False, "MOSTLY_Q4_K_S"),
-    "q6_k": QuantLevel(DType.Q6_K, 6, True, "MOSTLY_Q6_K"),
-    "q4_k_m": QuantLevel(DType.Q4_K, 4, False, "MOSTLY_Q4_K_M", recipe="q4_k_m"),
+    "f32": QuantLevel(DType.F32, 32, True, "ALL_F32",
+                      t9_anchor="bf16", encoder_min_cosine=0.99999, high_accuracy=True),
+    "f16": QuantLevel(DType.F16, 16, True, "MOSTLY_F16",
+                      t9_anchor="bf16", encoder_min_cosine=0.999, high_accuracy=True),
+    "bf16": QuantLevel(DType.BF16, 16, True, "MOSTLY_BF16",
+                       t9_anchor="bf16", encoder_min_cosine=0.995, high_accuracy=True),
+    "q8_0": QuantLevel(DType.Q8_0, 8, True, "MOSTLY_Q8_0",
+                       t9_anchor="q8_0", encoder_min_cosine=0.99, high_accuracy=False),
+    "q4_0": QuantLevel(DType.Q4_0, 4, True, "MOSTLY_Q4_0",
+                       t9_anchor="q4_0", encoder_min_cosine=0.95, high_accuracy=False),
+    # every weight matrix Q4_K: llama.cpp's "pure" Q4_K, closest to its Q4_K_S file type; its blocks have
+    # finer scales than Q4_0's, so Q4_0's published KLD bounds it
+    "q4_k": QuantLevel(DType.Q4_K, 4, False, "MOSTLY_Q4_K_S",
+                       t9_anchor="q4_0", encoder_min_cosine=0.95, high_accuracy=False),
+    "q6_k": QuantLevel(DType.Q6_K, 6, True, "MOSTLY_Q6_K",
+                       t9_anchor="q4_k_m", encoder_min_cosine=0.99, high_accuracy=False),
+    "q4_k_m": QuantLevel(DType.Q4_K, 4, False, "MOSTLY_Q4_K_M",
+                         t9_anchor="q4_k_m", encoder_min_cosine=0.95, high_accuracy=False, recipe="q4_k_m"),
 }

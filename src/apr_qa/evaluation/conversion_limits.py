@@ -20,12 +20,15 @@ end is above the limit, pass when its upper end is within it, inconclusive (warn
 
 from __future__ import annotations
 
+from ..dtypes import QUANT_LEVELS
+
 FACTOR = 10.0  # one order of magnitude above the published figure
 # llama.cpp's published mean KLD per type (Llama-3-8B vs its full-precision weights, Wikipedia text)
 PUBLISHED_KLD = {"bf16": 2.5e-5, "q8_0": 0.00136, "q4_k_m": 0.031, "q4_0": 0.072}
-# a level without a published figure -> the published type whose figure bounds it (see the module doc)
-BOUNDED_BY = {"f16": "bf16", "bf16": "bf16", "q8_0": "q8_0", "q6_k": "q4_k_m", "q4_k_m": "q4_k_m",
-              "q4_k": "q4_0", "q4_0": "q4_0"}
+# each level -> the published type whose figure bounds it (its registry entry's t9_anchor)
+BOUNDED_BY = {name: level.t9_anchor for name, level in QUANT_LEVELS.items() if name != "f32"}
+if unknown := {a for a in BOUNDED_BY.values() if a not in PUBLISHED_KLD}:
+    raise ImportError(f"quantization levels anchored on types without a published KLD: {sorted(unknown)}")
 IDENTICAL = 1e-9  # source and f32: the reference's own values, float rounding only
 
 

@@ -19,11 +19,13 @@ from __future__ import annotations
 from typing import Any
 
 from ..evidence import Evidence
+from ..dtypes import QUANT_LEVELS
 from . import verdict
 
 STANDARD_TARGET = 0.99        # MLPerf's 99 % of reference accuracy
 HIGH_ACCURACY_TARGET = 0.999  # MLPerf's 99.9 % ("high accuracy")
-HIGH_ACCURACY_LEVELS = ("source", "f32", "f16", "bf16")
+# the source, and the levels whose registry entry asks for it (dtypes.QUANT_LEVELS: high_accuracy)
+HIGH_ACCURACY_LEVELS = ("source", *(name for name, level in QUANT_LEVELS.items() if level.high_accuracy))
 
 
 def quality_target(level: str, tier_target: float | None = None) -> float:

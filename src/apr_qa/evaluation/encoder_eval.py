@@ -9,13 +9,22 @@ from collections.abc import Sequence
 
 import torch
 
+from ..dtypes import QUANT_LEVELS
+from ..errors import AprQaError
 from . import stats
 from .prompts import TextPair
 
-# Minimum cosine(model, reference) per quantization level (gate T5 for encoders; --min-cosine overrides).
-# q6_k / q4_k_m / q4_k measured on all-MiniLM-L6-v2, 8 sentences: min 0.9982 / 0.9745 / 0.9697.
-DEFAULT_MIN_COSINE = {"source": 0.99999, "f32": 0.99999, "f16": 0.999, "bf16": 0.995,
-                      "q8_0": 0.99, "q6_k": 0.99, "q4_k": 0.95, "q4_k_m": 0.95, "q4_0": 0.95}
+# Minimum cosine(model, reference) per quantization level (gate T5 for encoders; --min-cosine overrides):
+# each level's registry entry (dtypes.QUANT_LEVELS); the source holds the reference's own values.
+DEFAULT_MIN_COSINE = {"source": 0.99999, **{name: level.encoder_min_cosine for name, level in QUANT_LEVELS.items()}}
+
+
+def min_cosine(level: str) -> float:
+    """Gate T5's minimum for `level`; a level without one is an error, never a silent default."""
+    if level not in DEFAULT_MIN_COSINE:
+        raise AprQaError(f"no minimum cosine for quantization level {level!r} (known: "
+                         f"{', '.join(DEFAULT_MIN_COSINE)}); give one with --min-cosine")
+    return DEFAULT_MIN_COSINE[level]
 
 
 def cosine_rows(a: torch.Tensor, b: torch.Tensor) -> list[float]:

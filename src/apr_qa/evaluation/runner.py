@@ -366,7 +366,7 @@ def _compare_encoder(ev: Evaluation, m: dict, ref: GoldenReference, golden: Gold
     ref_tok = ref.tokenizer
     t1 = gates.gate_t1(len(emb), len(texts))
     consistency = encoder_eval.embedding_consistency(texts, emb, ref_emb)
-    min_cosine = opts.min_cosine if opts.min_cosine is not None else encoder_eval.DEFAULT_MIN_COSINE.get(level, 0.99)
+    min_cosine = opts.min_cosine if opts.min_cosine is not None else encoder_eval.min_cosine(level)
     consistency["min_cosine"] = min_cosine
     consistency["skipped_texts"] = m["skipped"]
     sanity = _similarity(golden, texts, emb)

@@ -8,13 +8,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+# llama.cpp's published mean KLD for its quantization of Llama-3-8B (its perplexity tool's README) is
+# shown beside a variant's figure as an anchor for reading it, not a limit (smaller models lose more).
+from ..evaluation.conversion_limits import PUBLISHED_KLD
 from ..layout import ARTIFACTS, path
 from ..render import Block, Cell
 from ..render import number as _num
 
-# llama.cpp's published mean KLD for its quantization of Llama-3-8B (its perplexity tool's README): an
-# anchor for reading a variant's figure, not a limit (smaller models lose more to the same format).
-PUBLISHED_LLAMA3_8B_KLD = {"q8_0": 0.00136, "q4_k_m": 0.031, "q4_0": 0.072, "bf16": 2.5e-5}
 
 
 def _read(file: Path) -> dict[str, Any] | None:
@@ -80,7 +80,7 @@ def corpus_blocks(results: Path, models: list[str], variants: list[str], out_dir
         for r in decoders:
             c, acc = r["corpus"], r["corpus"]["next_token_accuracy"]
             kld, top1, ln = c["kld"], c["same_top1"], c["ln_ppl_ratio"]
-            anchor = PUBLISHED_LLAMA3_8B_KLD.get(r["variant"])
+            anchor = PUBLISHED_KLD.get(r["variant"])
             table.append([r["model"], r["variant"], r["stack"], c["tokens_scored"], _num(c["ppl"], ".4g"),
                           _num(c["ppl_reference"], ".4g"), f"{ln['value']:+.4f} ± {ln['resolution']:.4f}",
                           f"{_num(kld['mean'], '.4g')} ± {_num(kld['resolution'], '.2g')}", _num(kld["median"]),
