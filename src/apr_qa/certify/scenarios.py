@@ -292,7 +292,7 @@ def _post(url: str, body: dict, timeout: float) -> dict:
 
 def http_error_result(status: int, body: bytes) -> dict[str, Any]:
     """A server's error answer as a scenario result. The server answers a runtime refusal (an
-    AprQaError) with 400 and the exception's type (certify.serve.ApiError); a 400 without one is the
+    AprQaError) with 400 and the exception's type (apr_qa.serve.ApiError); a 400 without one is the
     request's validation, and 500 the runtime failing."""
     text = body.decode(errors="replace")
     try:

@@ -70,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pareto-png", type=Path, help="plot to embed (written here when absent)")
     p.set_defaults(func=cmd_report)
 
-    from ..certify import serve as server  # stdlib only: cheap to import for the defaults
+    from .. import serve as server  # stdlib only: cheap to import for the defaults
 
     p = sub.add_parser("serve",
                        help="OpenAI-compatible HTTP server for a model (/v1/completions, /v1/chat/completions)")
@@ -238,7 +238,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..certify.serve import serve
+    from ..serve import serve
 
     return serve(str(args.model), args.host, args.port, args.device, args.timeout, args.weights,
                  model_id=args.model_id, max_tokens_limit=args.max_tokens_limit,

@@ -24,7 +24,7 @@ from apr_qa.evidence import Evidence
 
 @pytest.fixture(scope="module")
 def server(tiny_llama):
-    from apr_qa.certify.serve import Engine, make_server
+    from apr_qa.serve import Engine, make_server
     from apr_qa.runtime import load_model
 
     model = load_model(tiny_llama)
@@ -232,7 +232,7 @@ def test_bounded_loopback_load_has_no_errors(server, client):
 
 
 def test_cli_serves_under_the_file_stem_and_a_given_id(tiny_llama, tmp_path):
-    from apr_qa.certify.serve import default_model_id
+    from apr_qa.serve import default_model_id
 
     assert default_model_id(tiny_llama) == tiny_llama.name
     assert default_model_id(tmp_path / "smollm2-135m.q4_k.apr") == "smollm2-135m.q4_k"
@@ -253,7 +253,7 @@ def test_openai_client_streams_from_smollm2(smollm2_gguf):
     """The real shipped model (Q4_1 GGUF, packed weights) behind the server: streamed chat equals direct."""
     import openai
 
-    from apr_qa.certify.serve import Engine, default_model_id, make_server
+    from apr_qa.serve import Engine, default_model_id, make_server
     from apr_qa.runtime import load_model
 
     model = load_model(smollm2_gguf)
@@ -299,7 +299,7 @@ class GatedModel:
 @pytest.fixture(scope="module")
 def gated_server(tiny_llama):
     """A server with --max-queue 1 and the default body limit (1 MiB) on a gated tiny model."""
-    from apr_qa.certify.serve import Engine, make_server
+    from apr_qa.serve import Engine, make_server
     from apr_qa.runtime import load_model
 
     model = GatedModel(load_model(tiny_llama))
@@ -363,7 +363,7 @@ def test_full_queue_answers_503_with_retry_after_and_the_server_recovers(gated_s
 
 
 def test_retry_after_is_the_recent_mean_times_the_requests_ahead():
-    from apr_qa.certify.serve import retry_after_s
+    from apr_qa.serve import retry_after_s
 
     assert retry_after_s(None, 3) == 3        # before any generation finished: 1 s each
     assert retry_after_s(2.5, 3) == 8         # rounded up to whole seconds

@@ -33,7 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, cast
 
-from ..errors import AprQaError
+from .errors import AprQaError
 
 MAX_BODY_BYTES = 1 << 20     # a chat prompt far longer than any context we serve still fits
 MAX_TOKENS_LIMIT = 1024      # per request; the model's context length may refuse sooner
@@ -416,7 +416,7 @@ def serve(model_path: str, host: str = "127.0.0.1", port: int = 0, device: str =
           socket_timeout_s: float = SOCKET_TIMEOUT_S, max_queue: int = MAX_QUEUE) -> int:
     if max_queue < 0:
         raise AprQaError(f"--max-queue must be 0 or more, not {max_queue}")
-    from ..runtime import load_model
+    from .runtime import load_model
 
     model = load_model(model_path, device=device, weights=weights)
     engine = Engine(model, model_id or default_model_id(model_path), timeout_s, max_tokens_limit, max_queue)
