@@ -43,7 +43,7 @@ def _row(variant: str, stack: str, ref: corpus.Reference, model, seconds: list[f
 
 def _from_results(results: Path, model: str) -> int:
     from apr_qa.dtypes import QUANT_LEVELS
-    from apr_qa.workflow.corpus_section import corpus_rows
+    from apr_qa.report.corpus import corpus_rows
 
     rows = [r for r in corpus_rows(results, [model], list(QUANT_LEVELS)) if "kld" in r["corpus"]]
     if not rows:

@@ -388,7 +388,7 @@ def test_i5_gates_the_first_token():
 def test_report_sections_without_a_certification(setup, tmp_path):
     """The report's tier-independent sections from a real evaluation JSON: the Five Whys of every
     failed stage gate (the yellow T7 included) and the Pareto frontier priced per device-hour."""
-    from apr_qa.certify import andon_blocks
+    from apr_qa.report import certification as andon_blocks
     from apr_qa.evaluation.report_json import build_report
 
     golden = setup["golden"]
@@ -417,7 +417,7 @@ def test_report_sections_without_a_certification(setup, tmp_path):
 
 def test_five_whys_for_stage_failures_without_details():
     """Gates from an Andon event (a failed command) or an old evidence file: a chain is derived anyway."""
-    from apr_qa.certify import andon_blocks
+    from apr_qa.report import certification as andon_blocks
 
     fws = five_whys.stage_failures([{"id": "C2", "level": "fail", "passed": False, "message": "bad header"},
                                     {"id": "T1", "level": "fail", "passed": True}])
@@ -544,7 +544,7 @@ def test_f1_on_a_real_evaluation(setup, tmp_path, lost):
     assert ev.sections["accuracy"]["f1"]["mean"] == pytest.approx(f1b["model"]["mean"])
     # the evaluation JSON, its summary lines and the report's variant details show F1 beside accuracy
     from apr_qa.evaluation.report_json import build_report, summary_lines
-    from apr_qa.workflow import report_sections
+    from apr_qa.report import sections as report_sections
 
     doc = build_report(ev, golden, protocol.EvalOptions(**OPTS), "cpu", "start", "end", 1.0)
     assert doc["prompts"]["with_reference_answer"] == len(with_f1) and doc["accuracy"]["f1"]["n"] == len(with_f1)

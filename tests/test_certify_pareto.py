@@ -98,7 +98,8 @@ def test_frontiers_are_per_model():
 
 
 def test_report_shows_one_frontier_per_model(tmp_path):
-    from apr_qa.certify import andon_blocks, plots
+    from apr_qa.certify import plots
+    from apr_qa.report import certification as andon_blocks
 
     rows = []
     for p in DECODER + ENCODER:

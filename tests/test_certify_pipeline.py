@@ -157,11 +157,11 @@ def test_reports_and_pareto(certified, tmp_path):
 def test_untested_categories_show_as_not_measured(certified, tmp_path, capsys):
     """A smoke-like certification tests QUAL and PERF only: the others are "not measured" wherever the
     MQS categories are shown, never full marks."""
-    from apr_qa.certify.html_report import certification_blocks
+    from apr_qa.report.evidence import certification_blocks
     from apr_qa.certify.mqs import score
     from apr_qa.certify.pipeline import load_records
     from apr_qa.evidence import write_evidence
-    from apr_qa.workflow.report import _certification_blocks
+    from apr_qa.report.board import _certification_blocks
 
     _, out, _ = certified
     ctx, records = load_records(out)
@@ -195,7 +195,7 @@ def test_board_shows_the_model_certification(certified, tmp_path):
     from apr_qa.certify.mqs import score
     from apr_qa.certify.pipeline import load_records
     from apr_qa.evidence import Evidence
-    from apr_qa.workflow.report_sections import (board_blocks, board_status, certification_view, detail_blocks,
+    from apr_qa.report.sections import (board_blocks, board_status, certification_view, detail_blocks,
                                                  headline, tone)
 
     _, out, _ = certified

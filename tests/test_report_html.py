@@ -13,7 +13,7 @@ import pytest
 
 from apr_qa.certify import plots
 from apr_qa.certify.pareto import Point, frontier
-from apr_qa.render import Cell, to_html, to_markdown
+from apr_qa.report.render import Cell, to_html, to_markdown
 from browser import visit
 
 

@@ -25,9 +25,9 @@ from apr_qa.convert import convert
 from apr_qa.stacks import StackSpec, configured_stacks, stack_fingerprint
 from apr_qa.stacks.command import ContractError, validate_response
 from apr_qa.stacks.differential import GATE_ID, compare_stacks
-from apr_qa.render import to_markdown
+from apr_qa.report.render import to_markdown
 from apr_qa.stacks.logits_file import read_logits
-from apr_qa.stacks.report_section import differential_blocks
+from apr_qa.report.stacks import differential_blocks
 
 GOLDEN = Path(__file__).resolve().parents[1] / "config" / "prompts" / "golden-v1.yaml"
 REFERENCE_IMPL = Path(stack_reference.__file__)

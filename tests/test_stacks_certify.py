@@ -161,8 +161,8 @@ def test_the_report_shows_each_stack_beside_builtin(certified, tiny, tmp_path):
     import shutil
 
     from apr_qa.layout import path
-    from apr_qa.render import to_markdown
-    from apr_qa.workflow.report import _certification_blocks, _certifications
+    from apr_qa.report.render import to_markdown
+    from apr_qa.report.board import _certification_blocks, _certifications
 
     results = tmp_path / "results"
     for name in ("ref", "wrong"):

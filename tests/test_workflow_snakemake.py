@@ -181,7 +181,7 @@ def test_every_edit_reruns_exactly_the_jobs_that_loaded_the_file(workspace, buil
 
     jobs = set(loaded)
     assert reruns["cli.py"] == jobs  # every job runs apr-qa
-    for rel in ("render.py", "workflow/report_sections.py", "workflow/model_cache.py", "yamlsafe.py"):
+    for rel in ("report/render.py", "report/sections.py", "workflow/model_cache.py", "yamlsafe.py"):
         assert "report" in reruns[rel], rel  # what writes report.html, and what loads its playbooks
     evaluations = {job for job in jobs if job.startswith("evaluate/")}
     assert evaluations <= reruns["five_whys.py"] & reruns["yamlsafe.py"] & reruns["runtime/matmul.c"]
@@ -189,7 +189,7 @@ def test_every_edit_reruns_exactly_the_jobs_that_loaded_the_file(workspace, buil
     assert all(job.endswith("/q4_0") for job in reruns["quant/q4_0.py"])  # no f16 job loads the q4_0 codec
     assert not reruns["quant/q4_k.py"] and not reruns["commands/export.py"] and not reruns["serve.py"]
 
-    render = src / "render.py"
+    render = src / "report/render.py"
     text = render.read_text()
     render.write_text(text + "\n# edited\n")
     try:

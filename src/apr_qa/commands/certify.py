@@ -221,7 +221,7 @@ def cmd_pareto(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ..certify.html_report import write_reports
+    from ..report.evidence import write_reports
     from ..certify.pareto import analyze, points_from_certify
     from ..certify.plots import pareto_plot
     from ..certify.pipeline import load_records

@@ -236,7 +236,7 @@ def cmd_summarize(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ..workflow.report import write_report
+    from ..report.board import write_report
 
     status = write_report(args.results, args.models.split(","), args.variants.split(","), args.out, args.prompts,
                           args.usd_per_device_hour)

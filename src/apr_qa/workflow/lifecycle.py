@@ -23,7 +23,7 @@ from typing import Any
 
 from .. import layout
 from ..fsutil import write_text_atomic
-from ..render import inline
+from ..report.render import inline
 from ..stacks import StackSpec
 
 
@@ -117,7 +117,7 @@ class Line:
 
     def write_board(self) -> str:
         """The board, written in this process (no apr-qa command needed): it can always be written."""
-        from .report import write_report
+        from ..report.board import write_report
 
         overall = write_report(self.results, list(self.models), self.all_variants(), self.report, self.prompts,
                                self.usd_per_device_hour)

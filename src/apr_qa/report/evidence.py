@@ -1,6 +1,6 @@
 """The report of one certify evidence file (`apr-qa certify-report`): its summary, gateways, MQS
 categories, failures with their Five Whys, Pareto frontier and every record, as blocks that
-apr_qa.render writes as Markdown or as one self-contained HTML page."""
+apr_qa.report.render writes as Markdown or as one self-contained HTML page."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 
 from ..evidence import Evidence
 from ..fsutil import write_text_atomic
-from ..render import Block, to_html, to_markdown
-from .mqs import NOT_MEASURED, category_of, outcome_of
+from .render import Block, to_html, to_markdown
+from ..certify.mqs import NOT_MEASURED, category_of, outcome_of
 
 MAX_FAILURES_IN_MARKDOWN = 50  # the HTML page lists them all
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..render import number as _num
-from .differential import GATE_ID, MAX_MEAN_KLD, MIN_SAME_TOP1
+from .render import number as _num
+from ..stacks.differential import GATE_ID, MAX_MEAN_KLD, MIN_SAME_TOP1
 
 
 def read_differentials(results: Path, models: list[str], variants: list[str]) -> list[dict[str, Any]]:
@@ -32,7 +32,7 @@ def _pct(x: Any) -> str:
 
 
 def differential_blocks(records: list[dict[str, Any]]) -> list[tuple]:
-    """Blocks (apr_qa.render) from differential records (`apr-qa diff-stacks` output); [] when none."""
+    """Blocks (apr_qa.report.render) from differential records (`apr-qa diff-stacks` output); [] when none."""
     if not records:
         return []
     rows = []

@@ -3,7 +3,7 @@ model x variant), the per-variant figures (KLD / same-top-1, latency distributio
 the report as PNG and SVG) and one detail section per variant with every gate and links to its
 evidence and logs.
 
-Input rows are the report's variant rows (apr_qa.workflow.report._variant_rows: a summary per
+Input rows are the report's variant rows (apr_qa.report.board._variant_rows: a summary per
 model/variant with "_eval", "_convert", "_validate", "_size" and, when the model has a
 certification, "_certification": certification_view). Links are relative to the folder the report
 is written to, so report.md and report.html work from a copy of the whole results folder.
@@ -21,7 +21,7 @@ from typing import Any
 
 from ..layout import ARTIFACTS, STAGE_OUTPUT, path
 from ..layout import log as log_path
-from ..render import Block, Cell, anchor
+from .render import Block, Cell, anchor
 
 # What each tone means on the board (the legend under it).
 TONE_MEANING = {

@@ -7,7 +7,7 @@ certifications (results/certify/<model>/evidence.json) the report adds the certi
 the Five Whys of every failure, and the board shows each model's certification status on its variants.
 The Pareto frontiers (one per model, from the evaluations: pareto.png/.svg next to the report, linked
 from the Markdown, embedded in the HTML) appear with or without a tier. The page is assembled once as
-blocks and rendered to both Markdown and one self-contained HTML file (apr_qa.render).
+blocks and rendered to both Markdown and one self-contained HTML file (apr_qa.report.render).
 """
 
 from __future__ import annotations
@@ -22,16 +22,16 @@ from typing import Any
 from ..errors import AprQaError
 from ..fsutil import sha256_file, write_text_atomic
 from ..layout import path
-from ..render import Block, Cell, to_html, to_markdown
-from ..render import number as _num
-from ..stacks.report_section import differential_blocks, read_differentials
-from .corpus_section import corpus_blocks
-from .andon import stop_reason
-from .fingerprint import job_keys
-from .model_cache import report_blocks as model_cache_blocks
-from .report_sections import (board_blocks, board_status, certification_view, detail_blocks, figure_blocks,
+from .render import Block, Cell, to_html, to_markdown
+from .render import number as _num
+from .stacks import differential_blocks, read_differentials
+from .corpus import corpus_blocks
+from ..workflow.andon import stop_reason
+from ..workflow.fingerprint import job_keys
+from ..workflow.model_cache import report_blocks as model_cache_blocks
+from .sections import (board_blocks, board_status, certification_view, detail_blocks, figure_blocks,
                               headline, scenario_summary, tone)
-from .summary import read_json, stage_events, summarize_results
+from ..workflow.summary import read_json, stage_events, summarize_results
 
 COLOUR = {"green": "green", "yellow": "YELLOW", "red": "RED", None: "-"}
 STACK = ("apr-qa", "numpy", "torch", "gguf", "safetensors", "tokenizers", "huggingface_hub", "snakemake")
@@ -243,7 +243,7 @@ MAX_WHYS_PER_MODEL = 100  # the rest stay in the evidence file and junit.xml
 def _failed_scenarios(records: list) -> str:
     """"N: id, id, ..." of a certification's failed, crashed or timed-out scenarios, or "-"."""
     from ..certify.mqs import outcome_of
-    from .report_sections import MAX_SCENARIO_IDS
+    from .sections import MAX_SCENARIO_IDS
 
     failed = [r.id for r in records if "scenario" in r.details and outcome_of(r) in ("fail", "crash", "timeout")]
     if not failed:
@@ -306,7 +306,7 @@ def _certification_blocks(results: Path, models: list[str], certs: dict, out_dir
     out += [("table", ["model", "model id", "stack", "tier", "MQS raw", "MQS norm", "grade", "status", *GATEWAYS,
                        "failed scenarios", "MQS categories", "blocking reason"], table)]
 
-    # the Pareto frontier comes from the evaluations, tier or not (certify.andon_blocks.pareto_blocks)
+    # the Pareto frontier comes from the evaluations, tier or not (certify.certification.pareto_blocks)
 
     out += [("h2", "Failures and their Five Whys"),
             ("p", "Every failed gate, gateway and scenario of the certifications, with its root-cause chain "
@@ -339,11 +339,11 @@ def _certification_blocks(results: Path, models: list[str], certs: dict, out_dir
 
 def render_blocks(results: Path, models: list[str], variants: list[str], prompts: Path | None,
                   out_dir: Path, usd_per_device_hour: float | None = None) -> tuple[list[Block], str]:
-    from ..certify import andon_blocks
+    from . import certification
 
     blocks, overall = _board(results, models, variants, prompts)
     rows = _variant_rows(results, models, variants)
-    blocks += andon_blocks.stage_five_whys(rows) + andon_blocks.pareto_blocks(rows, out_dir, usd_per_device_hour)
+    blocks += certification.stage_five_whys(rows) + certification.pareto_blocks(rows, out_dir, usd_per_device_hour)
     blocks += figure_blocks(rows, out_dir)
     blocks += corpus_blocks(results, models, variants, out_dir)
     certs = _certifications(results, models)

@@ -12,8 +12,8 @@ from typing import Any
 # shown beside a variant's figure as an anchor for reading it, not a limit (smaller models lose more).
 from ..evaluation.conversion_limits import PUBLISHED_KLD
 from ..layout import ARTIFACTS, path
-from ..render import Block, Cell
-from ..render import number as _num
+from .render import Block, Cell
+from .render import number as _num
 
 
 
@@ -54,7 +54,7 @@ def _verdict(q1: dict[str, Any] | None) -> Cell | str:
 
 
 def corpus_blocks(results: Path, models: list[str], variants: list[str], out_dir: Path) -> list[Block]:
-    """Blocks (apr_qa.render) for the corpus section; [] when no evaluation scored a corpus."""
+    """Blocks (apr_qa.report.render) for the corpus section; [] when no evaluation scored a corpus."""
     from ..certify import plots
 
     rows = corpus_rows(results, models, variants)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import five_whys
-from . import pareto, plots
+from ..certify import pareto, plots
 
 MAX_ITEMS = 100  # the rest stay in the evidence files
 
