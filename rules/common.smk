@@ -68,7 +68,7 @@ if HUB.get("endpoint"):
     JOB_ENV["HF_ENDPOINT"] = HUB["endpoint"]
 if HUB.get("offline"):
     JOB_ENV["HF_HUB_OFFLINE"] = "1"
-JOB_ENV["APR_QA_MODEL_CACHE"] = json.dumps(config.get("model_cache") or {})  # apr_qa.workflow.model_cache
+JOB_ENV["APR_QA_MODEL_CACHE"] = json.dumps(config.get("model_cache") or {})  # apr_qa.hub.model_cache
 # envs/apr-qa.yaml installs the package from here: Snakemake builds the environment from a copy of the
 # file under .snakemake/conda/, where a relative path would not name the repository.
 JOB_ENV["APR_QA_ROOT"] = os.path.abspath(workflow.basedir)

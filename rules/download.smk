@@ -1,7 +1,7 @@
 # Stage 1: download (gates D1-D5, G6: docs/gates.md). A checkpoint: consumers are re-planned from the manifest it writes.
 # D1/D2/G6 skip the model (the manifest says "skipped", nothing downstream is planned for it);
 # D3 fails the job after retries; D4 halts. Under `model_cache:` (APR_QA_MODEL_CACHE) the download first
-# leases the revision and evicts least-recently-used ones to fit the cap (apr_qa.workflow.model_cache).
+# leases the revision and evicts least-recently-used ones to fit the cap (apr_qa.hub.model_cache).
 
 
 checkpoint download:

@@ -57,7 +57,7 @@ def hub_cache(root: Path, n: int) -> list[tuple[str, str]]:
     """n tiny llamas (distinct seeds) downloaded into root/hf-cache through the hub mirror."""
     from tiny_models import make_tiny_llama
 
-    from apr_qa.workflow.hub_mirror import HubMirror
+    from apr_qa.hub.mirror import HubMirror
 
     repos = {f"bench/tiny-{i}": make_tiny_llama(root / f"src/tiny-{i}", seed=i) for i in range(n)}
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}

@@ -4,7 +4,7 @@
     python scripts/build_local_hub.py [--cache models/hf-cache]
 
 Serves the real model files already on disk (models/pypi, fetched by scripts/fetch_models.py, and
-models/derived, written by scripts/derive_hf_from_gguf.py) with `apr_qa.workflow.hub_mirror` on
+models/derived, written by scripts/derive_hf_from_gguf.py) with `apr_qa.hub.mirror` on
 127.0.0.1 and downloads each repo into an HF cache with `apr-qa download`, i.e. through the same
 huggingface_hub code path and checksum gates the workflow uses. The workflow then runs with
 HF_HUB_OFFLINE=1 against that cache (config/config.yaml, `hub:`). Idempotent: cached blobs are reused.
@@ -39,7 +39,7 @@ def main() -> int:
     ap.add_argument("--cache", type=Path, default=ROOT / "models/hf-cache", help="HF cache to populate")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
-    from apr_qa.workflow.hub_mirror import HubMirror
+    from apr_qa.hub.mirror import HubMirror
 
     for src in REPOS.values():
         for path in src if isinstance(src, list) else [src]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from apr_qa.workflow.checksums import git_blob_sha1, sha256
-from apr_qa.workflow.hub_mirror import HubMirror
+from apr_qa.hub.mirror import HubMirror
 
 APR_QA = Path(sys.executable).parent / "apr-qa"
 TOKEN = "hf_test_secret_token_0123456789"

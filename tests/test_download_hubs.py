@@ -27,7 +27,7 @@ import yaml
 
 from apr_qa.workflow.checksums import sha256
 from real_models import require
-from apr_qa.workflow.hub_mirror import HubFile, HubMirror
+from apr_qa.hub.mirror import HubFile, HubMirror
 
 ROOT = Path(__file__).resolve().parent.parent
 APR_QA = Path(sys.executable).parent / "apr-qa"
@@ -276,7 +276,7 @@ def test_config_pins_are_the_shipped_and_derived_bytes():
     sys.path.insert(0, str(ROOT / "scripts"))
     from build_local_hub import REPOS
 
-    from apr_qa.workflow.hub_mirror import HubRepo
+    from apr_qa.hub.mirror import HubRepo
 
     require(MINILM), require(GGUF)
     models = {m["repo"]: m for m in yaml.safe_load((ROOT / "config/config.yaml").read_text())["models"]}

@@ -1,4 +1,4 @@
-"""The JIT model cache (apr_qa.workflow.model_cache) on a real HF cache, filled by `apr-qa download`
+"""The JIT model cache (apr_qa.hub.model_cache) on a real HF cache, filled by `apr-qa download`
 through the local HuggingFace-compatible hub (hub_mirror); every command runs as a subprocess so the
 HF_* and APR_QA_MODEL_CACHE environment is read exactly as in the workflow."""
 
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from huggingface_hub import scan_cache_dir
 
-from apr_qa.workflow.hub_mirror import HubMirror
-from apr_qa.workflow.model_cache import report_blocks
+from apr_qa.hub.mirror import HubMirror
+from apr_qa.hub.model_cache import report_blocks
 
 APR_QA = Path(sys.executable).parent / "apr-qa"
 WEIGHTS = 20_000  # bytes of each tiny model's weights

@@ -22,7 +22,7 @@ from apr_qa.cli import main
 from apr_qa.evidence import Evidence
 from apr_qa.layout import path
 from apr_qa.workflow.blocked import certify_blocked
-from apr_qa.workflow.hub_mirror import HubMirror
+from apr_qa.hub.mirror import HubMirror
 
 APR_QA = str(Path(sys.executable).parent / "apr-qa")
 REPO, MODEL = "org/tiny-llama", "tiny"

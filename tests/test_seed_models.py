@@ -54,7 +54,7 @@ def _tiny_repo(entry: dict, folder: Path):
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    from apr_qa.workflow.hub_mirror import HubMirror
+    from apr_qa.hub.mirror import HubMirror
 
     root = tmp_path_factory.mktemp("seed")
     repos = {entry["repo"]: _tiny_repo(entry, root / "tiny") for entry in _seed_models()}

@@ -174,7 +174,7 @@ def workflow_env() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def hub_cache(tmp_path_factory, tiny_llama) -> Path:
     """The tiny llama downloaded into an HF cache through the local mirror (as build_local_hub.py does)."""
-    from apr_qa.workflow.hub_mirror import HubMirror
+    from apr_qa.hub.mirror import HubMirror
 
     root = tmp_path_factory.mktemp("slurm-hub")
     with HubMirror({WORKFLOW_REPO: tiny_llama}) as hub:

@@ -58,7 +58,7 @@ def snakemake(ws: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def hub_cache(tmp_path_factory, tiny_llama) -> Path:
-    from apr_qa.workflow.hub_mirror import HubMirror
+    from apr_qa.hub.mirror import HubMirror
 
     root = tmp_path_factory.mktemp("hub")
     with HubMirror({REPO: tiny_llama}) as hub:

@@ -93,7 +93,7 @@ def write_config(ws: Path, cache: Path, policy: str = "stop-on-p0") -> None:
 @pytest.fixture(scope="module")
 def hub_cache(tmp_path_factory, tiny_llama, tiny_gguf) -> Path:
     """The tiny models downloaded into an HF cache through the mirror (as build_local_hub.py does)."""
-    from apr_qa.workflow.hub_mirror import HubMirror
+    from apr_qa.hub.mirror import HubMirror
 
     root = tmp_path_factory.mktemp("hub")
     repos = {MODELS["tiny-llama"]: tiny_llama, MODELS["tiny-gguf"]: [tiny_gguf("Q8_0")]}
@@ -181,7 +181,7 @@ def test_every_edit_reruns_exactly_the_jobs_that_loaded_the_file(workspace, buil
 
     jobs = set(loaded)
     assert reruns["cli.py"] == jobs  # every job runs apr-qa
-    for rel in ("report/render.py", "report/sections.py", "workflow/model_cache.py", "yamlsafe.py"):
+    for rel in ("report/render.py", "report/sections.py", "hub/model_cache.py", "yamlsafe.py"):
         assert "report" in reruns[rel], rel  # what writes report.html, and what loads its playbooks
     evaluations = {job for job in jobs if job.startswith("evaluate/")}
     assert evaluations <= reruns["five_whys.py"] & reruns["yamlsafe.py"] & reruns["runtime/matmul.c"]

@@ -40,7 +40,7 @@ def env(src: Path) -> dict[str, str]:
 
 def hub_cache(root: Path, tiny_llama: Path) -> Path:
     """The tiny llama downloaded into an HF cache through the mirror (as build_local_hub.py does)."""
-    from apr_qa.workflow.hub_mirror import HubMirror
+    from apr_qa.hub.mirror import HubMirror
 
     with HubMirror({REPO: tiny_llama}) as hub:
         run_env = dict(env(ROOT / "src"), HF_ENDPOINT=hub.url, HF_HUB_CACHE=str(root / "cache"))

@@ -1,4 +1,4 @@
-"""`apr-qa cache`: the JIT model cache (apr_qa.workflow.model_cache): ls, gc, pin, unpin, and the
+"""`apr-qa cache`: the JIT model cache (apr_qa.hub.model_cache): ls, gc, pin, unpin, and the
 workflow's restore/release hooks."""
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _cache(args: argparse.Namespace):
-    from ..workflow.model_cache import ModelCache, policy_from_env
+    from ..hub.model_cache import ModelCache, policy_from_env
 
     return ModelCache(args.cache_dir, policy_from_env())
 
@@ -86,7 +86,7 @@ def cmd_unpin(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from ..workflow.model_cache import restore
+    from ..hub.model_cache import restore
 
     n = restore(args.manifest)
     if n:
@@ -95,7 +95,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_release(args: argparse.Namespace) -> int:
-    from ..workflow.model_cache import outcome_of_certification, release
+    from ..hub.model_cache import outcome_of_certification, release
 
     outcome = args.outcome or outcome_of_certification(args.certification)
     _report(release(args.manifest, outcome), False)

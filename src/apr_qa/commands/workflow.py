@@ -117,7 +117,7 @@ def _andon_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_download(args: argparse.Namespace) -> int:
     from ..fsutil import write_text_atomic
-    from ..workflow.download import ModelSpec, Options, download, failure_record_path, parse_pins, raise_failure
+    from ..hub.download import ModelSpec, Options, download, failure_record_path, parse_pins, raise_failure
 
     spec = ModelSpec(args.model_id or args.repo.split("/")[-1], args.repo, args.revision, args.files,
                      args.unsafe_allow_pickle, parse_pins(args.sha256))
@@ -270,7 +270,7 @@ def cmd_sync_generated(args: argparse.Namespace) -> int:
 
 
 def cmd_hub_mirror(args: argparse.Namespace) -> int:
-    from ..workflow.hub_mirror import HubMirror
+    from ..hub.mirror import HubMirror
 
     repos = {}
     for item in args.repos:

@@ -28,7 +28,7 @@ from .stacks import differential_blocks, read_differentials
 from .corpus import corpus_blocks
 from ..workflow.andon import stop_reason
 from ..workflow.fingerprint import job_keys
-from ..workflow.model_cache import report_blocks as model_cache_blocks
+from ..hub.model_cache import report_blocks as model_cache_blocks
 from .sections import (board_blocks, board_status, certification_view, detail_blocks, figure_blocks,
                               headline, scenario_summary, tone)
 from ..workflow.summary import read_json, stage_events, summarize_results

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from . import checksums
-from .download import weights_key
+from ..hub.download import weights_key
 
 T = TypeVar("T")
 PENDING = "pending"  # the param while the producer has not run yet

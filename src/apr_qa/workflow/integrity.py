@@ -65,7 +65,7 @@ def _locate(record: Path, path: Path) -> Path:
 
 def _evicted(doc: dict[str, Any]) -> bool:
     """A download manifest whose revision the model cache evicted: its files are away on purpose."""
-    from .model_cache import evicted
+    from ..hub.model_cache import evicted
 
     return isinstance(doc.get("files"), list) and evicted(doc)
 

@@ -177,7 +177,7 @@ class Line:
     def release_leases(self) -> None:
         """At the end of a run nothing of it is queued any more: the leases its jobs took on the models'
         revisions in the model cache end here (one left by a killed run expires after lease_hours)."""
-        from . import model_cache
+        from ..hub import model_cache
 
         for model in self.models:
             manifest = self.manifest(model)
@@ -190,7 +190,7 @@ class Line:
     def _certify_blocked(self, model: str) -> None:
         """A model's BLOCKED certification on builtin and on every other stack (the download, conversion
         and validation gates are the artifact's); a blocked model's outcome goes to the model cache."""
-        from . import model_cache
+        from ..hub import model_cache
         from .blocked import certify_blocked
 
         assert self.playbook is not None

@@ -347,7 +347,7 @@ def restore(manifest_path: Path) -> int:
     manifest's commit and files; the bytes must match the recorded sha256s). Returns files fetched."""
     from huggingface_hub import hf_hub_download
 
-    from .checksums import sha256
+    from ..workflow.checksums import sha256
 
     manifest = _read_manifest(manifest_path)
     if manifest.get("status") != "ok":

@@ -35,7 +35,7 @@ from collections.abc import Callable
 
 from ..errors import AprQaError, GateFailure
 from ..evidence import Evidence
-from .checksums import git_blob_sha1, sha256
+from ..workflow.checksums import git_blob_sha1, sha256
 
 SAFE_WEIGHTS = ("*.safetensors", "*.gguf")
 PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
@@ -212,7 +212,7 @@ def _remove_stale_partials(spec: ModelSpec, opts: Options) -> None:
 
 def _make_room(spec: ModelSpec, listing: Listing, chosen: list[str], opts: Options) -> None:
     """Under the workflow's model cache policy: lease the revision, then evict least-recently-used
-    revisions until the files still to fetch fit the cap (apr_qa.workflow.model_cache)."""
+    revisions until the files still to fetch fit the cap (apr_qa.hub.model_cache)."""
     from huggingface_hub import try_to_load_from_cache
 
     from .model_cache import ModelCache, policy_from_env

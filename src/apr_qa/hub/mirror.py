@@ -35,7 +35,7 @@ from typing import cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..fsutil import sha256_file
-from .checksums import git_blob_sha1
+from ..workflow.checksums import git_blob_sha1
 
 LFS_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".onnx", ".h5", ".msgpack")
 LFS_MIN_SIZE = 10 * 1024 * 1024
