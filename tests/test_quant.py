@@ -349,9 +349,10 @@ def test_build_is_cached_per_source_and_cpu(fresh_native, tmp_path):
     _compiled_or_skip()
     fresh_native.setenv(native_build.CACHE_ENV, str(tmp_path))
     cc = native_build.compiler()
-    first = native._build(cc)
+    build = lambda: native_build.build(cc, native.SOURCE, native.FLAGS, "quant-kernels", ("-lm",))  # noqa: E731
+    first = build()
     stamp = first.stat().st_mtime_ns
-    assert native._build(cc) == first and first.stat().st_mtime_ns == stamp
+    assert build() == first and first.stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no build folders left
 
 

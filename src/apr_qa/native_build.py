@@ -14,7 +14,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 CACHE_ENV = "APR_QA_NATIVE_CACHE"
 # -march=native vectorizes for this CPU (the cache key includes its feature flags); a compiler
@@ -25,6 +28,7 @@ NATIVE_FLAGS = ["-march=native"]
 # The C sources this process built or loaded a library of: code its outputs depend on, which a
 # workflow job records (apr_qa.workflow.fingerprint).
 SOURCES: set[Path] = set()
+T = TypeVar("T")
 
 
 def cache_dir() -> Path:
@@ -79,3 +83,19 @@ def build(cc: str, source: Path, flags: list[str], stem: str, libs: tuple[str, .
         except subprocess.CalledProcessError as exc:
             errors.append(exc.stderr.strip().splitlines()[-1] if exc.stderr.strip() else str(exc))
     raise OSError("; ".join(errors))
+
+
+def load(source: Path, flags: list[str], stem: str, libs: tuple[str, ...], bind: Callable[[Path], T],
+         fallback: str) -> T | None:
+    """The library of `source` built (or from the cache) and bound by `bind`; None, with a warning that
+    names the `fallback` the caller uses instead, when there is no compiler or the build fails. The
+    callers check the library against their reference ports before using it."""
+    cc = compiler()
+    if cc is None:
+        warnings.warn(f"no C compiler found: {fallback}", RuntimeWarning, stacklevel=4)
+        return None
+    try:
+        return bind(build(cc, source, flags, stem, libs))
+    except OSError as exc:
+        warnings.warn(f"cannot build {source.name} ({exc}): {fallback}", RuntimeWarning, stacklevel=4)
+        return None

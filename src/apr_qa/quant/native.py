@@ -32,10 +32,6 @@ FLAGS = ["-O3", "-std=c11", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-
 KERNELS = ("q4_0_quantize", "q4_k_quantize", "q6_k_quantize")
 
 
-def _build(cc: str) -> Path:
-    return native_build.build(cc, SOURCE, FLAGS, "quant-kernels", ("-lm",))
-
-
 def _bind(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     for name in KERNELS:
@@ -103,17 +99,7 @@ def _checked(lib: ctypes.CDLL, name: str) -> bool:
 
 @functools.lru_cache(maxsize=1)
 def _library() -> ctypes.CDLL | None:
-    cc = native_build.compiler()
-    if cc is None:
-        warnings.warn("no C compiler found: quantizing with the slower numpy ports", RuntimeWarning, stacklevel=3)
-        return None
-    try:
-        lib = _bind(_build(cc))
-    except OSError as exc:
-        warnings.warn(f"cannot build {SOURCE.name} ({exc}): quantizing with the slower numpy ports",
-                      RuntimeWarning, stacklevel=3)
-        return None
-    return lib
+    return native_build.load(SOURCE, FLAGS, "quant-kernels", ("-lm",), _bind, "quantizing with the slower numpy ports")
 
 
 def run(name: str, blocks: np.ndarray, out: np.ndarray) -> bool:

@@ -32,10 +32,6 @@ FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-shared", "-fopenmp", "-pthread", "-ffp-
 TYPES = (DType.Q8_0, DType.Q4_0, DType.Q4_K, DType.Q6_K)
 
 
-def _build(cc: str) -> Path:
-    return native_build.build(cc, SOURCE, FLAGS, "matmul", ("-lm",))
-
-
 def _bind(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
@@ -89,18 +85,9 @@ def library() -> ctypes.CDLL | None:
 
 @functools.lru_cache(maxsize=1)
 def _library() -> ctypes.CDLL | None:
-    cc = native_build.compiler()
-    if cc is None:
-        warnings.warn("no C compiler found: packed weights are dequantized per matmul (slower)",
-                      RuntimeWarning, stacklevel=3)
-        return None
-    try:
-        lib = _bind(_build(cc))
-    except OSError as exc:
-        warnings.warn(f"cannot build {SOURCE.name} ({exc}): packed weights are dequantized per matmul (slower)",
-                      RuntimeWarning, stacklevel=3)
-        return None
-    problem = _self_check(lib)
+    lib = native_build.load(SOURCE, FLAGS, "matmul", ("-lm",), _bind,
+                            "packed weights are dequantized per matmul (slower)")
+    problem = _self_check(lib) if lib is not None else None
     if problem:
         warnings.warn(f"compiled block matmuls disagree with ggml's arithmetic ({problem}): packed weights are "
                       "dequantized per matmul", RuntimeWarning, stacklevel=3)
