@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -222,6 +223,26 @@ class Architecture:
     # --- derived --------------------------------------------------------------------------------
     def param_count(self) -> int:
         return sum(math.prod(s) for s in self.tensors().values())
+
+
+def build_decoder(arch: Architecture, source: Any, device: Any, dtype: Any, layer: Callable[[Any, int], Any],
+                  embed: str, final_norm: str, **extras: Callable[[Any], Any]) -> Any:
+    """The runtime model of a decoder family: what every family shares around its own layer wiring.
+    `layer(w, i)` builds layer i's DecoderLayer from the WeightLoader `w`; `embed` and `final_norm` name
+    the token embedding and the final norm; the LM head is the embedding when tied, else
+    `lm_head.weight`; `extras` are further DecoderWeights fields, each read from `w`."""
+    from ..runtime.decoder import DecoderModel, DecoderWeights
+    from ..runtime.tokenizer import Tokenizer
+    from ..runtime.weights import WeightLoader
+
+    w = WeightLoader(source, device, dtype, arch.tensors())
+    layers = [layer(w, i) for i in range(arch.hp.num_layers)]
+    embedding = w.get(embed)
+    weights = DecoderWeights(embed=embedding, layers=layers, final_norm=w.norm(final_norm),
+                             lm_head=embedding if arch.hp.tied_embeddings else w.get("lm_head.weight"),
+                             **{name: read(w) for name, read in extras.items()})
+    tokenizer = Tokenizer(source.tokenizer_json, source.tokenizer_config, arch.config, source.path)
+    return DecoderModel(arch.hp, weights, tokenizer, arch.config, device, dtype)
 
 
 def gguf_hparams(meta: dict[str, Any], arch: str):

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import UnsupportedError
 from . import register
-from .base import (Architecture, Hyperparams, gguf_hparams, gguf_special_tokens, require, rope_config,
+from .base import (Architecture, Hyperparams, build_decoder, gguf_hparams, gguf_special_tokens, require, rope_config,
                    write_gguf_basics, write_gguf_rope_scaling)
 
 
@@ -175,19 +175,16 @@ class Falcon(Architecture):
     def build(self, source: Any, device: Any, dtype: Any) -> Any:
         import torch
 
-        from ..runtime.decoder import DecoderLayer, DecoderModel, DecoderWeights, alibi_slopes
-        from ..runtime.tokenizer import Tokenizer
-        from ..runtime.weights import WeightLoader
+        from ..runtime.decoder import DecoderLayer, alibi_slopes
 
         hp = self.hp
-        w = WeightLoader(source, device, dtype, self.tensors())
         order = torch.from_numpy(self.qkv_order()).to(device)
         attn_norm, mlp_norm = self._norm_names()
-        layers = []
-        for i in range(hp.num_layers):
+
+        def layer(w: Any, i: int) -> DecoderLayer:
             p = f"transformer.h.{i}."
             qkv = p + "self_attention.query_key_value"
-            layers.append(DecoderLayer(
+            return DecoderLayer(
                 attn_norm=w.norm(p + attn_norm),
                 qkv=w.get(qkv + ".weight")[order].contiguous(),
                 qkv_bias=w.dense(qkv + ".bias")[order].contiguous() if hp.attention_bias else None,
@@ -195,11 +192,9 @@ class Falcon(Architecture):
                 mlp_norm=w.norm(p + mlp_norm) if mlp_norm else None,
                 up=w.get(p + "mlp.dense_h_to_4h.weight"), up_bias=w.get_optional(p + "mlp.dense_h_to_4h.bias"),
                 down=w.get(p + "mlp.dense_4h_to_h.weight"), down_bias=w.get_optional(p + "mlp.dense_4h_to_h.bias"),
-            ))
-        embed = w.get("transformer.word_embeddings.weight")
+            )
+
         # build_alibi_tensor multiplies bfloat16 slopes by the integer positions: a bfloat16 product
         slopes = alibi_slopes(hp.num_heads).to(device=device, dtype=torch.bfloat16) if hp.positions == "alibi" else None
-        weights = DecoderWeights(embed=embed, layers=layers, final_norm=w.norm("transformer.ln_f"),
-                                 lm_head=embed if hp.tied_embeddings else w.get("lm_head.weight"), alibi_slopes=slopes)
-        tokenizer = Tokenizer(source.tokenizer_json, source.tokenizer_config, self.config, source.path)
-        return DecoderModel(hp, weights, tokenizer, self.config, device, dtype)
+        return build_decoder(self, source, device, dtype, layer, "transformer.word_embeddings.weight",
+                             "transformer.ln_f", alibi_slopes=lambda w: slopes)

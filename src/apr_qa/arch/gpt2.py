@@ -17,7 +17,8 @@ import numpy as np
 
 from ..errors import UnsupportedError
 from . import register
-from .base import Architecture, Hyperparams, gguf_hparams, gguf_special_tokens, require, write_gguf_basics
+from .base import (Architecture, Hyperparams, build_decoder, gguf_hparams, gguf_special_tokens, require,
+                   write_gguf_basics)
 
 # activations llama.cpp's GPT-2 / StarCoder graphs compute (ggml_gelu is the tanh approximation)
 GGML_GELU = ("gelu_new", "gelu_pytorch_tanh")
@@ -151,18 +152,14 @@ class GPT2(Architecture):
 
     def build(self, source: Any, device: Any, dtype: Any) -> Any:
         from ..runtime.activations import ACTIVATIONS
-        from ..runtime.decoder import DecoderLayer, DecoderModel, DecoderWeights
-        from ..runtime.tokenizer import Tokenizer
-        from ..runtime.weights import WeightLoader
+        from ..runtime.decoder import DecoderLayer
 
-        hp = self.hp
-        if hp.activation not in ACTIVATIONS:
-            raise UnsupportedError(f"activation_function {hp.activation!r} is not supported", source.path)
-        w = WeightLoader(source, device, dtype, self.tensors())
-        layers = []
-        for i in range(hp.num_layers):
+        if self.hp.activation not in ACTIVATIONS:
+            raise UnsupportedError(f"activation_function {self.hp.activation!r} is not supported", source.path)
+
+        def layer(w: Any, i: int) -> DecoderLayer:
             p = f"transformer.h.{i}."
-            layers.append(DecoderLayer(
+            return DecoderLayer(
                 attn_norm=w.norm(p + "ln_1"),
                 qkv=self.qkv_rows(w.get(p + "attn.c_attn.weight")).contiguous(),
                 qkv_bias=self.qkv_rows(w.dense(p + "attn.c_attn.bias")).contiguous(),
@@ -170,10 +167,7 @@ class GPT2(Architecture):
                 mlp_norm=w.norm(p + "ln_2"),
                 up=w.get(p + "mlp.c_fc.weight"), up_bias=w.dense(p + "mlp.c_fc.bias"),
                 down=w.get(p + "mlp.c_proj.weight"), down_bias=w.dense(p + "mlp.c_proj.bias"),
-            ))
-        embed = w.get("transformer.wte.weight")
-        weights = DecoderWeights(embed=embed, layers=layers, final_norm=w.norm("transformer.ln_f"),
-                                 lm_head=embed if hp.tied_embeddings else w.get("lm_head.weight"),
-                                 positions=w.dense("transformer.wpe.weight"))
-        tokenizer = Tokenizer(source.tokenizer_json, source.tokenizer_config, self.config, source.path)
-        return DecoderModel(hp, weights, tokenizer, self.config, device, dtype)
+            )
+
+        return build_decoder(self, source, device, dtype, layer, "transformer.wte.weight", "transformer.ln_f",
+                             positions=lambda w: w.dense("transformer.wpe.weight"))

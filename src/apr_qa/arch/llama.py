@@ -10,8 +10,8 @@ import numpy as np
 
 from ..errors import UnsupportedError
 from . import register
-from .base import (Architecture, Hyperparams, gguf_hparams, gguf_special_tokens, interleaved_rows, require,
-                   rope_config, write_gguf_basics, write_gguf_rope_scaling)
+from .base import (Architecture, Hyperparams, build_decoder, gguf_hparams, gguf_special_tokens, interleaved_rows,
+                   require, rope_config, write_gguf_basics, write_gguf_rope_scaling)
 
 
 @register
@@ -175,18 +175,15 @@ class Llama(Architecture):
         return {"rope_freqs.weight": np.array(out, dtype=f32)}
 
     def build(self, source: Any, device: Any, dtype: Any) -> Any:
-        from ..runtime.decoder import DecoderLayer, DecoderModel, DecoderWeights
-        from ..runtime.tokenizer import Tokenizer
-        from ..runtime.weights import WeightLoader
+        from ..runtime.decoder import DecoderLayer
 
         hp = self.hp
-        w = WeightLoader(source, device, dtype, self.tensors())
-        layers = []
-        for i in range(hp.num_layers):
+
+        def layer(w: Any, i: int) -> DecoderLayer:
             p = f"model.layers.{i}."
             qkv = [p + f"self_attn.{n}_proj" for n in "qkv"]
             mlp = [p + "mlp.gate_proj", p + "mlp.up_proj"]
-            layers.append(DecoderLayer(
+            return DecoderLayer(
                 attn_norm=w.norm(p + "input_layernorm"),
                 qkv=w.fused([n + ".weight" for n in qkv]),
                 qkv_bias=w.fused([n + ".bias" for n in qkv]) if hp.attention_bias else None,
@@ -195,12 +192,9 @@ class Llama(Architecture):
                 up=w.fused([n + ".weight" for n in mlp]),
                 up_bias=w.fused([n + ".bias" for n in mlp]) if hp.mlp_bias else None,
                 down=w.get(p + "mlp.down_proj.weight"), down_bias=w.get_optional(p + "mlp.down_proj.bias"),
-            ))
-        embed = w.get("model.embed_tokens.weight")
-        weights = DecoderWeights(embed=embed, layers=layers, final_norm=w.norm("model.norm"),
-                                 lm_head=embed if hp.tied_embeddings else w.get("lm_head.weight"))
-        tokenizer = Tokenizer(source.tokenizer_json, source.tokenizer_config, self.config, source.path)
-        return DecoderModel(hp, weights, tokenizer, self.config, device, dtype)
+            )
+
+        return build_decoder(self, source, device, dtype, layer, "model.embed_tokens.weight", "model.norm")
 
 
 @register

@@ -14,8 +14,8 @@ from typing import Any
 
 from ..errors import UnsupportedError
 from . import register
-from .base import (Architecture, Hyperparams, gguf_hparams, gguf_special_tokens, partial_rotary_factor, require,
-                   rope_config, write_gguf_basics, write_gguf_rope_scaling)
+from .base import (Architecture, Hyperparams, build_decoder, gguf_hparams, gguf_special_tokens, partial_rotary_factor,
+                   require, rope_config, write_gguf_basics, write_gguf_rope_scaling)
 
 
 def rotary_factor(rotary_dims: int, head_dim: int) -> float:
@@ -112,27 +112,19 @@ class Phi(Architecture):
         return []
 
     def build(self, source: Any, device: Any, dtype: Any) -> Any:
-        from ..runtime.decoder import DecoderLayer, DecoderModel, DecoderWeights
-        from ..runtime.tokenizer import Tokenizer
-        from ..runtime.weights import WeightLoader
+        from ..runtime.decoder import DecoderLayer
 
-        hp = self.hp
-        w = WeightLoader(source, device, dtype, self.tensors())
-        layers = []
-        for i in range(hp.num_layers):
+        def layer(w: Any, i: int) -> DecoderLayer:
             p = f"model.layers.{i}."
             qkv = [p + f"self_attn.{n}_proj" for n in "qkv"]
-            layers.append(DecoderLayer(
+            return DecoderLayer(
                 attn_norm=w.norm(p + "input_layernorm"),
                 qkv=w.fused([n + ".weight" for n in qkv]), qkv_bias=w.fused([n + ".bias" for n in qkv]),
                 o=w.get(p + "self_attn.dense.weight"), o_bias=w.dense(p + "self_attn.dense.bias"),
                 mlp_norm=None,  # the MLP reads input_layernorm's output too
                 up=w.get(p + "mlp.fc1.weight"), up_bias=w.dense(p + "mlp.fc1.bias"),
                 down=w.get(p + "mlp.fc2.weight"), down_bias=w.dense(p + "mlp.fc2.bias"),
-            ))
-        embed = w.get("model.embed_tokens.weight")
-        weights = DecoderWeights(embed=embed, layers=layers, final_norm=w.norm("model.final_layernorm"),
-                                 lm_head=embed if hp.tied_embeddings else w.get("lm_head.weight"),
-                                 lm_head_bias=w.dense("lm_head.bias"))
-        tokenizer = Tokenizer(source.tokenizer_json, source.tokenizer_config, self.config, source.path)
-        return DecoderModel(hp, weights, tokenizer, self.config, device, dtype)
+            )
+
+        return build_decoder(self, source, device, dtype, layer, "model.embed_tokens.weight", "model.final_layernorm",
+                             lm_head_bias=lambda w: w.dense("lm_head.bias"))

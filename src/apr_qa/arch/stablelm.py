@@ -13,8 +13,8 @@ from typing import Any
 
 from ..errors import UnsupportedError
 from . import register
-from .base import (Architecture, Hyperparams, gguf_hparams, gguf_special_tokens, partial_rotary_factor, require,
-                   rope_config, write_gguf_basics, write_gguf_rope_scaling)
+from .base import (Architecture, Hyperparams, build_decoder, gguf_hparams, gguf_special_tokens, partial_rotary_factor,
+                   require, rope_config, write_gguf_basics, write_gguf_rope_scaling)
 from .phi import rotary_factor
 
 
@@ -107,18 +107,15 @@ class StableLm(Architecture):
         return []
 
     def build(self, source: Any, device: Any, dtype: Any) -> Any:
-        from ..runtime.decoder import DecoderLayer, DecoderModel, DecoderWeights
-        from ..runtime.tokenizer import Tokenizer
-        from ..runtime.weights import WeightLoader
+        from ..runtime.decoder import DecoderLayer
 
         hp = self.hp
-        w = WeightLoader(source, device, dtype, self.tensors())
-        layers = []
-        for i in range(hp.num_layers):
+
+        def layer(w: Any, i: int) -> DecoderLayer:
             p = f"model.layers.{i}."
             qkv = [p + f"self_attn.{n}_proj" for n in "qkv"]
             mlp = [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"]
-            layers.append(DecoderLayer(
+            return DecoderLayer(
                 attn_norm=w.norm(p + "input_layernorm"),
                 qkv=w.fused([n + ".weight" for n in qkv]),
                 qkv_bias=w.fused([n + ".bias" for n in qkv]) if hp.attention_bias else None,
@@ -126,9 +123,6 @@ class StableLm(Architecture):
                 # parallel residual: the MLP reads input_layernorm's output (no post-attention norm)
                 mlp_norm=None if hp.parallel_residual else w.norm(p + "post_attention_layernorm"),
                 up=w.fused(mlp), up_bias=None, down=w.get(p + "mlp.down_proj.weight"), down_bias=None,
-            ))
-        embed = w.get("model.embed_tokens.weight")
-        weights = DecoderWeights(embed=embed, layers=layers, final_norm=w.norm("model.norm"),
-                                 lm_head=embed if hp.tied_embeddings else w.get("lm_head.weight"))
-        tokenizer = Tokenizer(source.tokenizer_json, source.tokenizer_config, self.config, source.path)
-        return DecoderModel(hp, weights, tokenizer, self.config, device, dtype)
+            )
+
+        return build_decoder(self, source, device, dtype, layer, "model.embed_tokens.weight", "model.norm")
