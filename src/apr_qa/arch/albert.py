@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import UnsupportedError
 from . import register
-from .base import MAX_LAYERS, Architecture, Hyperparams, require
+from .base import Architecture, Hyperparams, MAX_LAYERS, build_encoder, require
 
 
 @register
@@ -114,36 +114,27 @@ class Albert(Architecture):
             or "layer_norm" in name
 
     def build(self, source: Any, device: Any, dtype: Any) -> Any:
-        from ..runtime.encoder import EncoderLayer, EncoderModel, EncoderWeights, pooling_mode
-        from ..runtime.tokenizer import Tokenizer
-        from ..runtime.weights import WeightLoader
+        from ..runtime.encoder import EncoderLayer
 
-        w = WeightLoader(source, device, dtype, self.tensors())
-        p0 = self.prefix
-        groups = []
-        for g in range(self.groups):
-            group = []
-            for j in range(self.inner):
-                p = self._layer_prefix(g, j)
-                qkv = [p + f"attention.{n}" for n in ("query", "key", "value")]
-                group.append(EncoderLayer(
-                    qkv=w.fused([n + ".weight" for n in qkv]), qkv_bias=w.fused([n + ".bias" for n in qkv]),
-                    out=w.get(p + "attention.dense.weight"), out_bias=w.dense(p + "attention.dense.bias"),
-                    attn_norm=w.norm(p + "attention.LayerNorm"),
-                    inter=w.get(p + "ffn.weight"), inter_bias=w.dense(p + "ffn.bias"),
-                    down=w.get(p + "ffn_output.weight"), down_bias=w.dense(p + "ffn_output.bias"),
-                    out_norm=w.norm(p + "full_layer_layer_norm"),
-                ))
-            groups.append(group)
-        # each of the num_hidden_layers steps runs a whole group; shared weights are the same objects
-        layers = [layer for i in range(self.hp.num_layers) for layer in groups[self.group_of_layer(i)]]
-        mapping = p0 + "encoder.embedding_hidden_mapping_in"
-        weights = EncoderWeights(
-            word=w.get(p0 + "embeddings.word_embeddings.weight"),
-            position=w.dense(p0 + "embeddings.position_embeddings.weight"),
-            token_type=w.dense(p0 + "embeddings.token_type_embeddings.weight"),
-            embed_norm=w.norm(p0 + "embeddings.LayerNorm"), layers=layers,
-            projection=(w.get(mapping + ".weight"), w.dense(mapping + ".bias")))
-        tokenizer = Tokenizer(source.tokenizer_json, source.tokenizer_config, self.config, source.path)
-        return EncoderModel(self.hp, weights, tokenizer, self.config, device, dtype,
-                            pooling_mode(getattr(source, "pooling_config", None)))
+        def layers(w: Any) -> list:
+            groups = []
+            for g in range(self.groups):
+                group = []
+                for j in range(self.inner):
+                    p = self._layer_prefix(g, j)
+                    qkv = [p + f"attention.{n}" for n in ("query", "key", "value")]
+                    group.append(EncoderLayer(
+                        qkv=w.fused([n + ".weight" for n in qkv]), qkv_bias=w.fused([n + ".bias" for n in qkv]),
+                        out=w.get(p + "attention.dense.weight"), out_bias=w.dense(p + "attention.dense.bias"),
+                        attn_norm=w.norm(p + "attention.LayerNorm"),
+                        inter=w.get(p + "ffn.weight"), inter_bias=w.dense(p + "ffn.bias"),
+                        down=w.get(p + "ffn_output.weight"), down_bias=w.dense(p + "ffn_output.bias"),
+                        out_norm=w.norm(p + "full_layer_layer_norm"),
+                    ))
+                groups.append(group)
+            # each of the num_hidden_layers steps runs a whole group; shared weights are the same objects
+            return [layer for i in range(self.hp.num_layers) for layer in groups[self.group_of_layer(i)]]
+
+        mapping = self.prefix + "encoder.embedding_hidden_mapping_in"
+        return build_encoder(self, source, device, dtype, layers, token_type=True,
+                             projection=lambda w: (w.get(mapping + ".weight"), w.dense(mapping + ".bias")))

@@ -245,6 +245,28 @@ def build_decoder(arch: Architecture, source: Any, device: Any, dtype: Any, laye
     return DecoderModel(arch.hp, weights, tokenizer, arch.config, device, dtype)
 
 
+def build_encoder(arch: Any, source: Any, device: Any, dtype: Any, layers: Callable[[Any], list],
+                  token_type: bool, **extras: Callable[[Any], Any]) -> Any:
+    """The runtime model of a BERT-like encoder family: what the families share around their own layer
+    wiring. `layers(w)` builds the EncoderLayers from the WeightLoader `w`; the embeddings (word, position,
+    token type when the family has one, LayerNorm) sit under the family's `prefix`; `extras` are further
+    EncoderWeights fields, each read from `w`; pooling follows the source's sentence-transformers config."""
+    from ..runtime.encoder import EncoderModel, EncoderWeights, pooling_mode
+    from ..runtime.tokenizer import Tokenizer
+    from ..runtime.weights import WeightLoader
+
+    w = WeightLoader(source, device, dtype, arch.tensors())
+    built = layers(w)
+    embeddings = arch.prefix + "embeddings."
+    weights = EncoderWeights(
+        word=w.get(embeddings + "word_embeddings.weight"), position=w.dense(embeddings + "position_embeddings.weight"),
+        token_type=w.dense(embeddings + "token_type_embeddings.weight") if token_type else None,
+        embed_norm=w.norm(embeddings + "LayerNorm"), layers=built, **{name: read(w) for name, read in extras.items()})
+    tokenizer = Tokenizer(source.tokenizer_json, source.tokenizer_config, arch.config, source.path)
+    return EncoderModel(arch.hp, weights, tokenizer, arch.config, device, dtype,
+                        pooling_mode(getattr(source, "pooling_config", None)))
+
+
 def gguf_hparams(meta: dict[str, Any], arch: str):
     """`get(key, default)` over a GGUF's `{arch}.key` metadata, floats given back as the shortest
     decimal (GGUF stores float32: 1e-05, not 9.99e-06); `need(key)` raises when it is absent."""

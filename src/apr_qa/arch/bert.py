@@ -10,7 +10,7 @@ import re
 from typing import Any
 
 from . import register
-from .base import Architecture, Hyperparams, gguf_hparams, require, write_gguf_basics
+from .base import Architecture, Hyperparams, build_encoder, gguf_hparams, require, write_gguf_basics
 
 
 @register
@@ -110,29 +110,21 @@ class Bert(Architecture):
         return []
 
     def build(self, source: Any, device: Any, dtype: Any) -> Any:
-        from ..runtime.encoder import EncoderLayer, EncoderModel, EncoderWeights, pooling_mode
-        from ..runtime.tokenizer import Tokenizer
-        from ..runtime.weights import WeightLoader
+        from ..runtime.encoder import EncoderLayer
 
-        w = WeightLoader(source, device, dtype, self.tensors())
-        p0 = self.prefix
-        layers = []
-        for i in range(self.hp.num_layers):
-            p = f"{p0}encoder.layer.{i}."
-            qkv = [p + f"attention.self.{n}" for n in ("query", "key", "value")]
-            layers.append(EncoderLayer(
-                qkv=w.fused([n + ".weight" for n in qkv]), qkv_bias=w.fused([n + ".bias" for n in qkv]),
-                out=w.get(p + "attention.output.dense.weight"), out_bias=w.dense(p + "attention.output.dense.bias"),
-                attn_norm=w.norm(p + "attention.output.LayerNorm"),
-                inter=w.get(p + "intermediate.dense.weight"), inter_bias=w.dense(p + "intermediate.dense.bias"),
-                down=w.get(p + "output.dense.weight"), down_bias=w.dense(p + "output.dense.bias"),
-                out_norm=w.norm(p + "output.LayerNorm"),
-            ))
-        weights = EncoderWeights(
-            word=w.get(p0 + "embeddings.word_embeddings.weight"),
-            position=w.dense(p0 + "embeddings.position_embeddings.weight"),
-            token_type=w.dense(p0 + "embeddings.token_type_embeddings.weight") if self.type_vocab_size else None,
-            embed_norm=w.norm(p0 + "embeddings.LayerNorm"), layers=layers)
-        tokenizer = Tokenizer(source.tokenizer_json, source.tokenizer_config, self.config, source.path)
-        return EncoderModel(self.hp, weights, tokenizer, self.config, device, dtype,
-                            pooling_mode(getattr(source, "pooling_config", None)))
+        def layers(w: Any) -> list:
+            out = []
+            for i in range(self.hp.num_layers):
+                p = f"{self.prefix}encoder.layer.{i}."
+                qkv = [p + f"attention.self.{n}" for n in ("query", "key", "value")]
+                out.append(EncoderLayer(
+                    qkv=w.fused([n + ".weight" for n in qkv]), qkv_bias=w.fused([n + ".bias" for n in qkv]),
+                    out=w.get(p + "attention.output.dense.weight"), out_bias=w.dense(p + "attention.output.dense.bias"),
+                    attn_norm=w.norm(p + "attention.output.LayerNorm"),
+                    inter=w.get(p + "intermediate.dense.weight"), inter_bias=w.dense(p + "intermediate.dense.bias"),
+                    down=w.get(p + "output.dense.weight"), down_bias=w.dense(p + "output.dense.bias"),
+                    out_norm=w.norm(p + "output.LayerNorm"),
+                ))
+            return out
+
+        return build_encoder(self, source, device, dtype, layers, token_type=bool(self.type_vocab_size))

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import UnsupportedError
 from . import register
-from .base import Architecture, Hyperparams, require
+from .base import Architecture, Hyperparams, build_encoder, require
 
 LAYER_NORM_EPS = 1e-12  # hard-coded in transformers' DistilBERT, not a config key
 
@@ -82,28 +82,21 @@ class DistilBert(Architecture):
         return name.endswith("position_embeddings.weight") or "layer_norm" in name or "LayerNorm" in name
 
     def build(self, source: Any, device: Any, dtype: Any) -> Any:
-        from ..runtime.encoder import EncoderLayer, EncoderModel, EncoderWeights, pooling_mode
-        from ..runtime.tokenizer import Tokenizer
-        from ..runtime.weights import WeightLoader
+        from ..runtime.encoder import EncoderLayer
 
-        w = WeightLoader(source, device, dtype, self.tensors())
-        p0 = self.prefix
-        layers = []
-        for i in range(self.hp.num_layers):
-            p = f"{p0}transformer.layer.{i}."
-            qkv = [p + f"attention.{n}_lin" for n in ("q", "k", "v")]
-            layers.append(EncoderLayer(
-                qkv=w.fused([n + ".weight" for n in qkv]), qkv_bias=w.fused([n + ".bias" for n in qkv]),
-                out=w.get(p + "attention.out_lin.weight"), out_bias=w.dense(p + "attention.out_lin.bias"),
-                attn_norm=w.norm(p + "sa_layer_norm"),
-                inter=w.get(p + "ffn.lin1.weight"), inter_bias=w.dense(p + "ffn.lin1.bias"),
-                down=w.get(p + "ffn.lin2.weight"), down_bias=w.dense(p + "ffn.lin2.bias"),
-                out_norm=w.norm(p + "output_layer_norm"),
-            ))
-        weights = EncoderWeights(
-            word=w.get(p0 + "embeddings.word_embeddings.weight"),
-            position=w.dense(p0 + "embeddings.position_embeddings.weight"),
-            embed_norm=w.norm(p0 + "embeddings.LayerNorm"), layers=layers, token_type=None)
-        tokenizer = Tokenizer(source.tokenizer_json, source.tokenizer_config, self.config, source.path)
-        return EncoderModel(self.hp, weights, tokenizer, self.config, device, dtype,
-                            pooling_mode(getattr(source, "pooling_config", None)))
+        def layers(w: Any) -> list:
+            out = []
+            for i in range(self.hp.num_layers):
+                p = f"{self.prefix}transformer.layer.{i}."
+                qkv = [p + f"attention.{n}_lin" for n in ("q", "k", "v")]
+                out.append(EncoderLayer(
+                    qkv=w.fused([n + ".weight" for n in qkv]), qkv_bias=w.fused([n + ".bias" for n in qkv]),
+                    out=w.get(p + "attention.out_lin.weight"), out_bias=w.dense(p + "attention.out_lin.bias"),
+                    attn_norm=w.norm(p + "sa_layer_norm"),
+                    inter=w.get(p + "ffn.lin1.weight"), inter_bias=w.dense(p + "ffn.lin1.bias"),
+                    down=w.get(p + "ffn.lin2.weight"), down_bias=w.dense(p + "ffn.lin2.bias"),
+                    out_norm=w.norm(p + "output_layer_norm"),
+                ))
+            return out
+
+        return build_encoder(self, source, device, dtype, layers, token_type=False)
