@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import UnsupportedError
 from . import register
-from .base import Architecture, Hyperparams, MAX_LAYERS, build_encoder, require
+from .base import Architecture, Hyperparams, MAX_LAYERS, require
 
 
 @register
@@ -114,7 +114,7 @@ class Albert(Architecture):
             or "layer_norm" in name
 
     def build(self, source: Any, device: Any, dtype: Any) -> Any:
-        from ..runtime.encoder import EncoderLayer
+        from ..runtime.encoder import EncoderLayer, build_encoder
 
         def layers(w: Any) -> list:
             groups = []

@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -223,48 +222,6 @@ class Architecture:
     # --- derived --------------------------------------------------------------------------------
     def param_count(self) -> int:
         return sum(math.prod(s) for s in self.tensors().values())
-
-
-def build_decoder(arch: Architecture, source: Any, device: Any, dtype: Any, layer: Callable[[Any, int], Any],
-                  embed: str, final_norm: str, **extras: Callable[[Any], Any]) -> Any:
-    """The runtime model of a decoder family: what every family shares around its own layer wiring.
-    `layer(w, i)` builds layer i's DecoderLayer from the WeightLoader `w`; `embed` and `final_norm` name
-    the token embedding and the final norm; the LM head is the embedding when tied, else
-    `lm_head.weight`; `extras` are further DecoderWeights fields, each read from `w`."""
-    from ..runtime.decoder import DecoderModel, DecoderWeights
-    from ..runtime.tokenizer import Tokenizer
-    from ..runtime.weights import WeightLoader
-
-    w = WeightLoader(source, device, dtype, arch.tensors())
-    layers = [layer(w, i) for i in range(arch.hp.num_layers)]
-    embedding = w.get(embed)
-    weights = DecoderWeights(embed=embedding, layers=layers, final_norm=w.norm(final_norm),
-                             lm_head=embedding if arch.hp.tied_embeddings else w.get("lm_head.weight"),
-                             **{name: read(w) for name, read in extras.items()})
-    tokenizer = Tokenizer(source.tokenizer_json, source.tokenizer_config, arch.config, source.path)
-    return DecoderModel(arch.hp, weights, tokenizer, arch.config, device, dtype)
-
-
-def build_encoder(arch: Any, source: Any, device: Any, dtype: Any, layers: Callable[[Any], list],
-                  token_type: bool, **extras: Callable[[Any], Any]) -> Any:
-    """The runtime model of a BERT-like encoder family: what the families share around their own layer
-    wiring. `layers(w)` builds the EncoderLayers from the WeightLoader `w`; the embeddings (word, position,
-    token type when the family has one, LayerNorm) sit under the family's `prefix`; `extras` are further
-    EncoderWeights fields, each read from `w`; pooling follows the source's sentence-transformers config."""
-    from ..runtime.encoder import EncoderModel, EncoderWeights, pooling_mode
-    from ..runtime.tokenizer import Tokenizer
-    from ..runtime.weights import WeightLoader
-
-    w = WeightLoader(source, device, dtype, arch.tensors())
-    built = layers(w)
-    embeddings = arch.prefix + "embeddings."
-    weights = EncoderWeights(
-        word=w.get(embeddings + "word_embeddings.weight"), position=w.dense(embeddings + "position_embeddings.weight"),
-        token_type=w.dense(embeddings + "token_type_embeddings.weight") if token_type else None,
-        embed_norm=w.norm(embeddings + "LayerNorm"), layers=built, **{name: read(w) for name, read in extras.items()})
-    tokenizer = Tokenizer(source.tokenizer_json, source.tokenizer_config, arch.config, source.path)
-    return EncoderModel(arch.hp, weights, tokenizer, arch.config, device, dtype,
-                        pooling_mode(getattr(source, "pooling_config", None)))
 
 
 def gguf_hparams(meta: dict[str, Any], arch: str):

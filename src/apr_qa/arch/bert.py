@@ -10,7 +10,7 @@ import re
 from typing import Any
 
 from . import register
-from .base import Architecture, Hyperparams, build_encoder, gguf_hparams, require, write_gguf_basics
+from .base import Architecture, Hyperparams, gguf_hparams, require, write_gguf_basics
 
 
 @register
@@ -110,7 +110,7 @@ class Bert(Architecture):
         return []
 
     def build(self, source: Any, device: Any, dtype: Any) -> Any:
-        from ..runtime.encoder import EncoderLayer
+        from ..runtime.encoder import EncoderLayer, build_encoder
 
         def layers(w: Any) -> list:
             out = []

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import UnsupportedError
 from . import register
-from .base import Architecture, Hyperparams, build_encoder, require
+from .base import Architecture, Hyperparams, require
 
 LAYER_NORM_EPS = 1e-12  # hard-coded in transformers' DistilBERT, not a config key
 
@@ -82,7 +82,7 @@ class DistilBert(Architecture):
         return name.endswith("position_embeddings.weight") or "layer_norm" in name or "LayerNorm" in name
 
     def build(self, source: Any, device: Any, dtype: Any) -> Any:
-        from ..runtime.encoder import EncoderLayer
+        from ..runtime.encoder import EncoderLayer, build_encoder
 
         def layers(w: Any) -> list:
             out = []

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import UnsupportedError
 from . import register
-from .base import (Architecture, Hyperparams, build_decoder, gguf_hparams, gguf_special_tokens, require, rope_config,
+from .base import (Architecture, Hyperparams, gguf_hparams, gguf_special_tokens, require, rope_config,
                    write_gguf_basics, write_gguf_rope_scaling)
 
 
@@ -175,7 +175,7 @@ class Falcon(Architecture):
     def build(self, source: Any, device: Any, dtype: Any) -> Any:
         import torch
 
-        from ..runtime.decoder import DecoderLayer, alibi_slopes
+        from ..runtime.decoder import DecoderLayer, alibi_slopes, build_decoder
 
         hp = self.hp
         order = torch.from_numpy(self.qkv_order()).to(device)

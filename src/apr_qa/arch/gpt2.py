@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import UnsupportedError
 from . import register
-from .base import (Architecture, Hyperparams, build_decoder, gguf_hparams, gguf_special_tokens, require,
+from .base import (Architecture, Hyperparams, gguf_hparams, gguf_special_tokens, require,
                    write_gguf_basics)
 
 # activations llama.cpp's GPT-2 / StarCoder graphs compute (ggml_gelu is the tanh approximation)
@@ -152,7 +152,7 @@ class GPT2(Architecture):
 
     def build(self, source: Any, device: Any, dtype: Any) -> Any:
         from ..runtime.activations import ACTIVATIONS
-        from ..runtime.decoder import DecoderLayer
+        from ..runtime.decoder import DecoderLayer, build_decoder
 
         if self.hp.activation not in ACTIVATIONS:
             raise UnsupportedError(f"activation_function {self.hp.activation!r} is not supported", source.path)

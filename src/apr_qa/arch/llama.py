@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import UnsupportedError
 from . import register
-from .base import (Architecture, Hyperparams, build_decoder, gguf_hparams, gguf_special_tokens, interleaved_rows,
+from .base import (Architecture, Hyperparams, gguf_hparams, gguf_special_tokens, interleaved_rows,
                    require, rope_config, write_gguf_basics, write_gguf_rope_scaling)
 
 
@@ -175,7 +175,7 @@ class Llama(Architecture):
         return {"rope_freqs.weight": np.array(out, dtype=f32)}
 
     def build(self, source: Any, device: Any, dtype: Any) -> Any:
-        from ..runtime.decoder import DecoderLayer
+        from ..runtime.decoder import DecoderLayer, build_decoder
 
         hp = self.hp
 

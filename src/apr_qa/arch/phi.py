@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import UnsupportedError
 from . import register
-from .base import (Architecture, Hyperparams, build_decoder, gguf_hparams, gguf_special_tokens, partial_rotary_factor,
+from .base import (Architecture, Hyperparams, gguf_hparams, gguf_special_tokens, partial_rotary_factor,
                    require, rope_config, write_gguf_basics, write_gguf_rope_scaling)
 
 
@@ -112,7 +112,7 @@ class Phi(Architecture):
         return []
 
     def build(self, source: Any, device: Any, dtype: Any) -> Any:
-        from ..runtime.decoder import DecoderLayer
+        from ..runtime.decoder import DecoderLayer, build_decoder
 
         def layer(w: Any, i: int) -> DecoderLayer:
             p = f"model.layers.{i}."

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import UnsupportedError
 from . import register
-from .base import (Architecture, Hyperparams, build_decoder, gguf_hparams, gguf_special_tokens, partial_rotary_factor,
+from .base import (Architecture, Hyperparams, gguf_hparams, gguf_special_tokens, partial_rotary_factor,
                    require, rope_config, write_gguf_basics, write_gguf_rope_scaling)
 from .phi import rotary_factor
 
@@ -107,7 +107,7 @@ class StableLm(Architecture):
         return []
 
     def build(self, source: Any, device: Any, dtype: Any) -> Any:
-        from ..runtime.decoder import DecoderLayer
+        from ..runtime.decoder import DecoderLayer, build_decoder
 
         hp = self.hp
 

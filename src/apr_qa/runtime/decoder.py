@@ -9,6 +9,8 @@ numerics follow transformers' implementation of that family.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -226,3 +228,22 @@ def alibi_slopes(num_heads: int) -> torch.Tensor:
         extra = 2 ** (-(2 ** -(math.log2(2 * closest) - 3)))
         slopes += [extra ** p for p in range(1, 1 + 2 * min(closest, num_heads - closest), 2)]
     return torch.tensor(slopes, dtype=torch.float32)
+
+
+def build_decoder(arch: Any, source: Any, device: Any, dtype: Any, layer: Callable[[Any, int], Any],
+                  embed: str, final_norm: str, **extras: Callable[[Any], Any]) -> Any:
+    """The runtime model of a decoder family: what every family shares around its own layer wiring.
+    `layer(w, i)` builds layer i's DecoderLayer from the WeightLoader `w`; `embed` and `final_norm` name
+    the token embedding and the final norm; the LM head is the embedding when tied, else
+    `lm_head.weight`; `extras` are further DecoderWeights fields, each read from `w`."""
+    from .tokenizer import Tokenizer
+    from .weights import WeightLoader
+
+    w = WeightLoader(source, device, dtype, arch.tensors())
+    layers = [layer(w, i) for i in range(arch.hp.num_layers)]
+    embedding = w.get(embed)
+    weights = DecoderWeights(embed=embedding, layers=layers, final_norm=w.norm(final_norm),
+                             lm_head=embedding if arch.hp.tied_embeddings else w.get("lm_head.weight"),
+                             **{name: read(w) for name, read in extras.items()})
+    tokenizer = Tokenizer(source.tokenizer_json, source.tokenizer_config, arch.config, source.path)
+    return DecoderModel(arch.hp, weights, tokenizer, arch.config, device, dtype)

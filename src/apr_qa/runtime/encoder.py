@@ -8,6 +8,8 @@ ALBERT) and the layers (the same objects repeated when layers share weights).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,3 +153,24 @@ class EncoderModel:
         hidden, valid = self._encode([self.tokenizer.encode(t) for t in texts])
         pooled = pool(hidden, valid, self.pooling).float().cpu()
         return F.normalize(pooled, dim=-1) if normalize else pooled
+
+
+def build_encoder(arch: Any, source: Any, device: Any, dtype: Any, layers: Callable[[Any], list],
+                  token_type: bool, **extras: Callable[[Any], Any]) -> Any:
+    """The runtime model of a BERT-like encoder family: what the families share around their own layer
+    wiring. `layers(w)` builds the EncoderLayers from the WeightLoader `w`; the embeddings (word, position,
+    token type when the family has one, LayerNorm) sit under the family's `prefix`; `extras` are further
+    EncoderWeights fields, each read from `w`; pooling follows the source's sentence-transformers config."""
+    from .tokenizer import Tokenizer
+    from .weights import WeightLoader
+
+    w = WeightLoader(source, device, dtype, arch.tensors())
+    built = layers(w)
+    embeddings = arch.prefix + "embeddings."
+    weights = EncoderWeights(
+        word=w.get(embeddings + "word_embeddings.weight"), position=w.dense(embeddings + "position_embeddings.weight"),
+        token_type=w.dense(embeddings + "token_type_embeddings.weight") if token_type else None,
+        embed_norm=w.norm(embeddings + "LayerNorm"), layers=built, **{name: read(w) for name, read in extras.items()})
+    tokenizer = Tokenizer(source.tokenizer_json, source.tokenizer_config, arch.config, source.path)
+    return EncoderModel(arch.hp, weights, tokenizer, arch.config, device, dtype,
+                        pooling_mode(getattr(source, "pooling_config", None)))
